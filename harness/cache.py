@@ -1,0 +1,120 @@
+"""Content-addressed cache shared by runs, methods and (later) concurrent jobs.
+
+Layout: ``<root>/<kind>/<name>/<hash of key>/`` holding ``key.json`` (the full key, written beside
+the artefacts), ``tensors.safetensors`` and ``meta.json``. An entry is built in a temporary
+sibling directory and moved into place with one ``os.rename``, so readers never see a half-written
+entry and two writers racing for the same key both end with the same, complete entry.
+
+A stored ``key.json`` that differs from the requested key is an error, never a silent hit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.config import stable_hash
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class CacheConflictError(RuntimeError):
+    """A cache directory holds a different key than the one it is addressed by."""
+
+
+@dataclass
+class Artefact:
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class Cache:
+    """A cache rooted at ``root``, scoped to ``<kind>/<name>`` (see :meth:`scope`)."""
+
+    def __init__(self, root: str | os.PathLike[str], scope: tuple[str, ...] = (),
+                 stats: CacheStats | None = None) -> None:
+        self.root = Path(root)
+        self._scope = scope
+        self.stats = stats if stats is not None else CacheStats()
+
+    def scope(self, *parts: str) -> Cache:
+        """A view of this cache under ``<kind>/<name>``; statistics are shared with the parent."""
+        return Cache(self.root, self._scope + parts, self.stats)
+
+    def path_for(self, key: dict[str, Any]) -> Path:
+        return self.root.joinpath(*self._scope, stable_hash(key, length=24))
+
+    def get_or_create(self, key: dict[str, Any], compute: Callable[[], Artefact]) -> Artefact:
+        """The artefact stored under ``key``, computing and storing it on a miss."""
+        path = self.path_for(key)
+        if (path / "key.json").exists():
+            self._check_key(path, key)
+            self.stats.hits += 1
+            return _read(path)
+        self.stats.misses += 1
+        artefact = compute()
+        self._write(path, key, artefact)
+        return artefact
+
+    def contains(self, key: dict[str, Any]) -> bool:
+        path = self.path_for(key)
+        if (path / "key.json").exists():
+            self._check_key(path, key)
+            return True
+        return False
+
+    def _check_key(self, path: Path, key: dict[str, Any]) -> None:
+        stored = json.loads((path / "key.json").read_text())
+        wanted = json.loads(json.dumps(key, sort_keys=True, default=str))
+        if stored != wanted:
+            raise CacheConflictError(
+                f"cache entry {path} was written for a different key; delete that directory "
+                f"(stored {stored}, requested {wanted})"
+            )
+
+    def _write(self, path: Path, key: dict[str, Any], artefact: Artefact) -> None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in artefact.tensors.items()}
+            save_file(tensors, str(tmp / "tensors.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps(artefact.meta, sort_keys=True, default=str))
+            # key.json last: its presence marks a complete entry.
+            (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                # Another writer finished first (the target exists and is non-empty): keep theirs.
+                if not (path / "key.json").exists():
+                    raise
+                self._check_key(path, key)
+                log.debug("cache entry %s was written concurrently; keeping the first", path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(path: Path) -> Artefact:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "tensors.safetensors"))
+    meta = json.loads((path / "meta.json").read_text())
+    return Artefact(tensors, meta)

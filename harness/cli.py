@@ -1,0 +1,216 @@
+"""The ``dabench`` command line (also ``python -m harness``).
+
+Start-up imports only argparse and the lazy registries, so ``dabench list`` and ``--help`` answer
+at once; torch, quanda and the method modules load when a run needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from harness.cache import CacheConflictError
+from harness.config import ConfigError
+from harness.protocols import CapabilityError, DataError
+from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_plugin
+
+USER_ERRORS = (ConfigError, RegistryError, DataError, CapabilityError, CacheConflictError,
+               FileNotFoundError)
+REGISTRIES = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}
+DEFAULT_METRICS = "class_detection,sparsity"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", default=os.environ.get("DABENCH_RESULTS", "results"),
+                        help="where records/ and tables/ go (default: results, or $DABENCH_RESULTS)")
+    parser.add_argument("--cache-dir", default=os.environ.get("DABENCH_CACHE", "cache"),
+                        help="content-addressed cache of models and method artefacts "
+                             "(default: cache, or $DABENCH_CACHE)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it may register extra methods/tasks/metrics)")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun specs whose finished record exists (default: skip them)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed passes over the test points (default 3)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dabench",
+        description="Benchmark data attribution methods on equal terms (DualXDA reproduction).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="list registered methods, tasks or metrics")
+    p_list.add_argument("kind", choices=sorted(REGISTRIES))
+    p_list.add_argument("--verbose", action="store_true",
+                        help="also show each config's options (imports the modules)")
+    p_list.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+
+    p_run = sub.add_parser("run", help="run methods on one task and write one record per run")
+    p_run.add_argument("--task", required=True, help="task name (see `dabench list tasks`)")
+    p_run.add_argument("--variant", default=None, help="dataset variant (std, group, corrupt, mark)")
+    p_run.add_argument("--n-train", type=int, default=None, help="use the first N training points")
+    p_run.add_argument("--n-test", type=int, default=None, help="explain the first N test points")
+    p_run.add_argument("--data-root", default=None, help="directory of an on-disk dataset")
+    p_run.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="task config override, e.g. epochs=1 (repeatable)")
+    p_run.add_argument("--methods", default="", metavar="A,B",
+                       help="comma-separated method names with default configs")
+    p_run.add_argument("--method", action="append", default=[], metavar="NAME[:K=V,K=V]",
+                       help="a method with config overrides, e.g. feature_similarity:metric=l2 "
+                            "(repeatable)")
+    p_run.add_argument("--metrics", default=DEFAULT_METRICS, metavar="A,B",
+                       help=f"comma-separated metric names (default {DEFAULT_METRICS})")
+    p_run.add_argument("--metric", action="append", default=[], metavar="NAME[:K=V]",
+                       help="a metric with config overrides, e.g. class_detection:top_k=10")
+    p_run.add_argument("--seeds", default="0", metavar="S,S", help="comma-separated seeds")
+    p_run.add_argument("--preset", default="default", choices=["default", "quick", "paper"],
+                       help="config preset of task and methods before overrides")
+    _common(p_run)
+
+    p_suite = sub.add_parser("suite", help="run a named suite (default, quick), then report")
+    p_suite.add_argument("name", help="suite name: default or quick")
+    _common(p_suite)
+
+    p_report = sub.add_parser("report", help="method x metric tables (CSV, Markdown) from records")
+    p_report.add_argument("--results-dir", default=os.environ.get("DABENCH_RESULTS", "results"))
+    p_report.add_argument("--out", default=None, help="output folder (default RESULTS/tables)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        for module in getattr(args, "plugin", []):
+            load_plugin(module)
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
+        print(f"dabench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dabench: interrupted; finished records are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = REGISTRIES[args.kind]
+    entries = list(registry.entries())
+    width = max(len(e.name) for e in entries)
+    for entry in entries:
+        print(f"{entry.name:<{width}}  {entry.description}")
+        if args.verbose:
+            cls = registry.get(entry.name)
+            for key, text in cls.Config.help().items():
+                default = getattr(cls.Config(), key)
+                print(f"{'':<{width}}    {key}={default!r}: {text}")
+    return 0
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _specs_from_args(args: argparse.Namespace) -> list[Any]:
+    from harness.runner import ComponentSpec, TimingConfig, expand
+
+    task_overrides: list[tuple[str, Any]] = []
+    for key in ("variant", "n_train", "n_test", "data_root"):
+        value = getattr(args, key)
+        if value is not None:
+            task_overrides.append((key, value))
+    for item in args.task_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--task-option {item!r}: write KEY=VALUE")
+        task_overrides.append((key, value))
+    task = ComponentSpec(args.task, tuple(task_overrides), args.preset)
+    TASKS.check_name(task.name)
+
+    methods = [ComponentSpec(name, preset=args.preset) for name in _split(args.methods)]
+    methods += [ComponentSpec.parse(text, args.preset) for text in args.method]
+    if not methods:
+        raise ConfigError("no method given: pass --methods random,... or --method NAME[:K=V]")
+    metrics = [ComponentSpec(name) for name in _split(args.metrics)]
+    metrics += [ComponentSpec.parse(text) for text in args.metric]
+    for spec in methods:
+        METHODS.check_name(spec.name)
+    for spec in metrics:
+        METRICS.check_name(spec.name)
+    try:
+        seeds = [int(s) for s in _split(args.seeds)]
+    except ValueError as err:
+        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers") from err
+    timing = TimingConfig() if args.repeats is None else TimingConfig(repeats=args.repeats)
+    return expand(task, methods, metrics, seeds, timing=timing,
+                  results_dir=args.results_dir, cache_dir=args.cache_dir)
+
+
+def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
+    from harness.runner import run_grid
+
+    def show(record: dict[str, Any], path: Any) -> None:
+        print(_one_line(record), flush=True)
+
+    outcome = run_grid(specs, force=args.force, on_record=show)
+    print(f"records: {len(outcome.written)} written, {len(outcome.skipped)} already finished "
+          f"(skipped; --force reruns them), {len(outcome.failed)} failed -> "
+          f"{os.path.join(args.results_dir, 'records')}")
+    return 1 if outcome.failed else 0
+
+
+def _one_line(record: dict[str, Any]) -> str:
+    head = f"{record['method']['label']:<36} {record['task']['name']}/{record['task']['variant']}"
+    if record["status"] != "ok":
+        return f"{head}  FAILED: {record['error']['type']}: {record['error']['message']}"
+    metrics = "  ".join(
+        f"{name}={entry['value']:.4g}" if entry["status"] == "ok" else f"{name}=FAILED"
+        for name, entry in record["metrics"].items()
+    )
+    explain_ms = 1e3 * record["timings"]["explain"]["per_point_median_s"]
+    return f"{head}  {metrics}  explain={explain_ms:.3g} ms/pt"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.repeats is not None and args.repeats < 1:
+        raise ConfigError("--repeats must be at least 1")
+    return _run_specs(_specs_from_args(args), args)
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from harness.runner import TimingConfig
+    from harness.suites import get_suite
+
+    specs = get_suite(args.name, results_dir=args.results_dir, cache_dir=args.cache_dir)
+    if args.repeats is not None:
+        specs = [dataclasses.replace(s, timing=TimingConfig(repeats=args.repeats)) for s in specs]
+    status = _run_specs(specs, args)
+    cmd_report(argparse.Namespace(results_dir=args.results_dir, out=None))
+    return status
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    csv_path, md_path, markdown = write_report(args.results_dir, args.out)
+    print(markdown)
+    print(f"\ntables: {csv_path} and {md_path}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "suite": cmd_suite, "report": cmd_report}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Frozen, keyword-only configuration objects with lossless JSON and a stable hash.
+
+Every method, task and metric has a ``Config`` subclass of :class:`Config`. Fields carry their help
+text in ``metadata={"help": ...}`` (use :func:`option`). Presets are classmethods (``paper()``,
+``quick()``); sweeps are ``[dataclasses.replace(base, C=c) for c in grid]``.
+
+This module imports nothing heavy: it is used by ``dabench list`` and ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any, ClassVar, Self
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the fix."""
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with help text (shown by ``dabench list --verbose``)."""
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """Hex digest of the canonical JSON of ``payload`` (sorted keys, no whitespace)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:length]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Base of all configs. Subclasses add fields with :func:`option`."""
+
+    #: Name used in error messages ("config of method 'random'"); set by the registry on load.
+    owner: ClassVar[str] = ""
+
+    # ----- presets -------------------------------------------------------------------------
+    @classmethod
+    def paper(cls) -> Self:
+        """The paper's settings. Defaults to the plain defaults unless a subclass overrides."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> Self:
+        """Settings scaled so the default suite fits a 2-core CPU."""
+        return cls()
+
+    @classmethod
+    def preset(cls, name: str) -> Self:
+        presets = {"default": cls, "paper": cls.paper, "quick": cls.quick}
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name]()
+
+    # ----- (de)serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: Config | None = None) -> Self:
+        """Build a config from ``values`` on top of ``base`` (default: plain defaults).
+
+        Unknown keys raise :class:`ConfigError`; values are coerced to the field's type where a
+        plain conversion exists (strings from the command line), so ``C="1e-3"`` becomes 1e-3.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            who = f" of {cls.owner}" if cls.owner else ""
+            raise ConfigError(
+                f"unknown config key(s) {unknown}{who}; valid keys: {sorted(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(v, hints.get(k), k, cls.owner) for k, v in values.items()}
+        start = base if base is not None else cls()
+        try:
+            return dataclasses.replace(start, **coerced)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"invalid config{' of ' + cls.owner if cls.owner else ''}: {err}") from err
+
+    def config_hash(self) -> str:
+        return stable_hash({"type": type(self).__qualname__, **self.to_dict()})
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _coerce(value: Any, hint: Any, key: str, owner: str) -> Any:
+    """Convert command-line strings to the field's declared scalar type."""
+    if not isinstance(value, str) or hint is None:
+        if isinstance(value, list) and typing.get_origin(hint) is tuple:
+            return tuple(value)
+        return value
+    origin = typing.get_origin(hint)
+    candidates = typing.get_args(hint) if origin in (typing.Union, _UnionType) else (hint,)
+    if type(None) in candidates and value.lower() in {"none", "null"}:
+        return None
+    for typ in candidates:
+        try:
+            if typ is bool:
+                if value.lower() in {"true", "1", "yes"}:
+                    return True
+                if value.lower() in {"false", "0", "no"}:
+                    return False
+                continue
+            if typ in (int, float, str):
+                return typ(float(value)) if typ is int and "e" in value.lower() else typ(value)
+            if typing.get_origin(typ) is typing.Literal:
+                if value in typing.get_args(typ):
+                    return value
+                continue
+            if typing.get_origin(typ) is tuple:
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+        except ValueError:
+            continue
+    where = f" of {owner}" if owner else ""
+    raise ConfigError(f"config key {key!r}{where}: cannot read {value!r} as {hint}")
+
+
+_UnionType = type(int | None)

@@ -1,0 +1,301 @@
+"""The three protocols every plug-in follows: :class:`Method`, :class:`Task`, :class:`Metric`.
+
+``methods/`` and ``tasks/`` import this module (and :mod:`harness.config`, :mod:`harness.cache`)
+and nothing else of the harness; the runner talks to plug-ins only through these classes, so it
+never imports a concrete method or task.
+
+Notation (DualXDA paper, ../shared/reference/dualxda-paper.md): a training set
+``{(x_i, y_i)}_{i<N}``, a model ``f = classifier . features`` with penultimate features
+``phi(x) = features(x)``, and an attribution matrix ``A`` of shape ``(n_test, n_train)`` whose entry
+``A[j, i]`` says how much training point ``i`` supports the prediction for test point ``j`` of the
+target class (always the model's *predicted* class in this benchmark).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from harness.config import Config, ConfigError, option
+
+if TYPE_CHECKING:  # torch is imported lazily: `dabench list` must stay instant
+    import torch
+    from torch import Tensor, nn
+
+    from harness.cache import Cache
+
+
+class NotFittedError(RuntimeError):
+    """explain()/self_influence() called before fit()."""
+
+
+class CapabilityError(RuntimeError):
+    """A plug-in was asked for something it does not declare (e.g. self-influence)."""
+
+
+class DataError(ValueError):
+    """Data is missing, malformed or too small for the request; the message names the fix."""
+
+
+# =============================================================================================
+# Data
+# =============================================================================================
+@dataclass
+class Split:
+    """One data split held as tensors.
+
+    Attributes
+    ----------
+    x: (n, *input_shape) float tensor, already normalised as the model expects.
+    y: (n,) long tensor: the labels the model was TRAINED on for the train split (e.g. the flipped
+        labels of the corrupt variant, the superclass of the group variant); true labels otherwise.
+    meta: per-variant extras, e.g. ``fine_labels`` (n,), ``flipped`` (indices), ``marked`` (indices),
+        ``indices`` (positions in the source dataset).
+    """
+
+    name: str
+    x: Tensor
+    y: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)`` batches in order (no shuffling)."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+    def fingerprint(self) -> str:
+        """Content hash of inputs and labels (memoised): the key of every cache built on them."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for tensor in (self.x, self.y):
+                t = tensor.detach().cpu().contiguous()
+                digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+                digest.update(t.numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def subset(self, n: int, name: str | None = None) -> Split:
+        """The first ``n`` points (meta entries indexed per point are cut alike)."""
+        cut_meta = {}
+        for key, value in self.meta.items():
+            per_point = getattr(value, "shape", None) is not None and value.shape[:1] == self.y.shape
+            cut_meta[key] = value[:n] if per_point else value
+        return Split(name or self.name, self.x[:n], self.y[:n], cut_meta)
+
+
+@dataclass
+class TaskData:
+    """What a task loads: three splits plus what metrics need to know about them."""
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    variant: str
+    input_shape: tuple[int, ...]
+
+
+# =============================================================================================
+# Models
+# =============================================================================================
+def feature_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(features, classifier)`` of a model: ``model(x) == classifier(features(x))``.
+
+    Every task's model exposes these two attributes; methods that work on penultimate features
+    (DualDA, Representer Points, feature similarity, last-layer influence) call this.
+    """
+    features = getattr(model, "features", None)
+    classifier = getattr(model, "classifier", None)
+    if features is None or classifier is None:
+        raise CapabilityError(
+            f"model {type(model).__name__} has no `features`/`classifier` split; give it two "
+            "sub-modules so that model(x) == model.classifier(model.features(x))"
+        )
+    return features, classifier
+
+
+# =============================================================================================
+# Method
+# =============================================================================================
+class Method(ABC):
+    """A data attribution method (scikit-learn lifecycle, TRAK-like stages).
+
+    Subclasses set ``Config`` (a frozen :class:`~harness.config.Config`), ``version`` (bump when
+    outputs change, so comparisons do not mix versions) and ``supports``:
+
+    - ``"self_influence"``: :meth:`self_influence` is implemented;
+    - ``"sparse"``: explanations contain exact zeros by construction;
+    - ``"cache"``: :meth:`fit` stores its expensive work in the cache it is given.
+
+    The harness times :meth:`fit`, :meth:`explain` and :meth:`self_influence`; methods do not.
+    """
+
+    Config: ClassVar[type[Config]] = Config
+    name: ClassVar[str] = ""  # set by the registry
+    version: ClassVar[str] = "1"
+    supports: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Config | None = None) -> None:
+        if config is None:
+            config = self.Config()
+        if not isinstance(config, self.Config):
+            raise ConfigError(
+                f"{type(self).__name__} takes a {self.Config.__qualname__}, "
+                f"got {type(config).__name__}"
+            )
+        self.config = config
+        self._fitted = False
+
+    @abstractmethod
+    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
+        """All expensive, cacheable work. ``model`` is in eval mode on its device."""
+
+    @abstractmethod
+    def explain(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Attributions ``(n_test, n_train)`` float32 for inputs ``x`` and target classes ``(n_test,)``."""
+
+    def self_influence(self) -> Tensor:
+        """``(n_train,)`` self-influence scores (mislabel detection ranks by them)."""
+        raise CapabilityError(f"method {self.name!r} does not support self-influence")
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Method-specific numbers for the record (e.g. number of support vectors)."""
+        return {}
+
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError(
+                f"method {self.name or type(self).__name__!r}: call fit(model, train, cache=...) "
+                "before explain() or self_influence()"
+            )
+
+
+# =============================================================================================
+# Task
+# =============================================================================================
+@dataclass(frozen=True, kw_only=True)
+class TaskConfig(Config):
+    """Options every task has. Tasks subclass it to add training settings."""
+
+    variant: str = option("std", "dataset variant: std, group, corrupt or mark (see the task)")
+    n_train: int | None = option(None, "use only the first N training points (None: all)")
+    n_test: int | None = option(None, "explain only the first N test points (None: all)")
+    data_root: str | None = option(None, "directory holding the on-disk dataset (tasks that need one)")
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and how it was trained."""
+
+    model: nn.Module
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A dataset with its variants, a model architecture and its training recipe."""
+
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    variants: ClassVar[tuple[str, ...]] = ("std",)
+    architecture: ClassVar[str] = ""
+
+    def __init__(self, config: TaskConfig | None = None) -> None:
+        config = config if config is not None else self.Config()
+        if config.variant not in self.variants:
+            raise ConfigError(
+                f"task {self.name!r} has no variant {config.variant!r}; choose one of "
+                f"{list(self.variants)}"
+            )
+        for key in ("n_train", "n_test"):
+            value = getattr(config, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be a positive number of points, got {value}")
+        if config.data_root is not None and not os.path.isdir(config.data_root):
+            raise DataError(
+                f"data directory {config.data_root!r} does not exist; pass --data-root with the "
+                f"folder that holds the {self.name or 'task'} dataset"
+            )
+        self.config = config
+
+    @abstractmethod
+    def load(self) -> TaskData:
+        """Load the splits with the variant applied and ``n_train``/``n_test`` honoured.
+
+        Raises :class:`DataError` (naming the fix) when data is missing or a size is too large.
+        """
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh, untrained model with ``features`` and ``classifier`` sub-modules."""
+
+    @abstractmethod
+    def train_model(self, model: nn.Module, data: TaskData, *, device: torch.device) -> TrainedModel:
+        """Train ``model`` on ``data.train``. The harness seeds torch before calling."""
+
+    def training_config(self) -> dict[str, Any]:
+        """Everything that changes the trained weights besides data, variant and seed."""
+        skip = {"n_test", "data_root"}
+        return {k: v for k, v in self.config.to_dict().items() if k not in skip}
+
+
+# =============================================================================================
+# Metric
+# =============================================================================================
+@dataclass
+class MetricContext:
+    """Everything a metric may read. ``explanations`` rows follow ``data.test`` order."""
+
+    data: TaskData
+    model: nn.Module
+    explanations: Tensor  # (n_test, n_train)
+    targets: Tensor  # (n_test,) the model's predicted classes
+    self_influence: Tensor | None  # (n_train,) or None when the method has none
+    cache: Cache
+    device: Any = None
+
+
+@dataclass
+class MetricResult:
+    value: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    """An evaluation metric with a declared direction and the variant it needs."""
+
+    Config: ClassVar[type[Config]] = Config
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    direction: ClassVar[Literal["higher", "lower"]] = "higher"
+    #: The dataset variant whose model the metric must be computed on (None: any).
+    requires_variant: ClassVar[str | None] = None
+    #: What the metric reads from the method: "explanations" and/or "self_influence".
+    needs: ClassVar[frozenset[str]] = frozenset({"explanations"})
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def check_applicable(self, variant: str, method_supports: frozenset[str]) -> None:
+        """Raise :class:`CapabilityError` naming the fix when the run cannot support this metric."""
+        if self.requires_variant is not None and variant != self.requires_variant:
+            raise CapabilityError(
+                f"metric {self.name!r} needs the {self.requires_variant!r} variant "
+                f"(got {variant!r}); run it with --variant {self.requires_variant}"
+            )
+        if "self_influence" in self.needs and "self_influence" not in method_supports:
+            raise CapabilityError(
+                f"metric {self.name!r} needs self-influence, which this method does not support"
+            )
+
+    @abstractmethod
+    def compute(self, ctx: MetricContext) -> MetricResult:
+        """The metric's value (and optional details such as a curve) for one run."""

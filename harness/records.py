@@ -1,0 +1,155 @@
+"""Run records: one self-describing JSON file per run, written atomically.
+
+Schema (``SCHEMA_VERSION`` 1); every key is always present, ``None`` where it does not apply::
+
+    schema_version  int
+    run_id          str   hash of (task, task config, method, method config, metrics, seed)
+    created_utc     str   ISO 8601
+    status          "ok" | "failed"
+    error           None | {"type", "message", "traceback"}
+    method          {"name", "version", "config", "config_hash", "label", "supports"}
+    task            {"name", "version", "variant", "config", "config_hash", "seed",
+                     "n_train", "n_test", "num_classes", "model": {"key", "cached", "test_accuracy"}}
+    metrics         {name: {"value", "direction", "version", "config", "details", "status", "error"}}
+    timings         {"model_s", "fit": {"cold_s", "warm_s"}, "explain": {per-point stats, "n_points",
+                     "batch_size", "warmup", "total_s"}, "self_influence_s", "metrics_s": {name: s}}
+    memory          {"fit", "explain", "self_influence": peak-memory readings in MiB}
+    sparsity        {"exact_zero_share", "l0_eps", "hoyer"} of the explanation matrix
+    diagnostics     method-specific numbers (e.g. support vectors)
+    git             {"commit", "dirty"}
+    environment     {"python", "platform", "torch", "device", "cpu", "gpu", "threads", "packages"}
+
+Loaders read keys from the JSON, never from file names.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = (
+    "schema_version", "run_id", "created_utc", "status", "error", "method", "task", "metrics",
+    "timings", "memory", "sparsity", "diagnostics", "git", "environment",
+)
+KEY_PACKAGES = (
+    "torch", "torchvision", "numpy", "quanda", "captum", "traker", "kronfluence", "zennit",
+    "submitit", "scikit-learn", "pandas",
+)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RecordError(ValueError):
+    """A record file is not a valid run record."""
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def write_record(record: dict[str, Any], directory: str | os.PathLike[str]) -> Path:
+    """Write ``record`` to ``<directory>/<run_id>.json`` atomically (temp file + os.replace)."""
+    validate(record)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{record['run_id']}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{record['run_id']}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle, indent=1, sort_keys=True, allow_nan=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: not a readable JSON record ({err})") from err
+    validate(record, where=str(path))
+    return record
+
+
+def iter_records(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every valid record under ``directory`` (recursively); temp files are ignored."""
+    for path in sorted(Path(directory).rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        yield read_record(path)
+
+
+def validate(record: dict[str, Any], where: str = "record") -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"{where}: missing keys {missing}")
+    if record["schema_version"] != SCHEMA_VERSION:
+        raise RecordError(
+            f"{where}: schema version {record['schema_version']} (this harness reads "
+            f"{SCHEMA_VERSION})"
+        )
+    if record["status"] not in ("ok", "failed"):
+        raise RecordError(f"{where}: status must be 'ok' or 'failed', got {record['status']!r}")
+
+
+@functools.cache
+def git_info() -> dict[str, Any]:
+    """Commit and dirty flag of the project checkout (None outside a git work tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+@functools.cache
+def environment() -> dict[str, Any]:
+    import torch
+
+    packages = {}
+    for name in KEY_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": "cuda" if cuda else "cpu",
+        "cpu": _cpu_name(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "packages": packages,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

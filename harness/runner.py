@@ -1,0 +1,514 @@
+"""The runner: one (task, variant, method, config, seed) spec in, one record out.
+
+For each spec: get or train the model (content-addressed), fit the method (cold and warm fit
+timed separately), explain the test points against the model's PREDICTED class (per-point time
+after a warm-up, over repeats), self-influence where supported, the metrics, peak memory; then one
+JSON record written atomically. :func:`run_grid` runs many specs, skipping finished records.
+
+The runner knows plug-ins only through :mod:`harness.protocols` and the registries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import records
+from harness.cache import Artefact, Cache
+from harness.config import Config, ConfigError, option, stable_hash
+from harness.protocols import (
+    CapabilityError,
+    Method,
+    Metric,
+    MetricContext,
+    Task,
+    TaskData,
+    TrainedModel,
+)
+from harness.registry import METHODS, METRICS, TASKS
+from harness.timing import RepeatStats, now, peak_memory, timed
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+# =============================================================================================
+# Specs
+# =============================================================================================
+@dataclass(frozen=True, kw_only=True)
+class TimingConfig(Config):
+    """How explanation time is measured (changes timings only, never outputs)."""
+
+    warmup: int = option(1, "explain calls on one batch before timing starts")
+    repeats: int = option(3, "timed passes over the test points; the record keeps median and spread")
+    batch_size: int = option(256, "test points per explain() call")
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
+            raise ConfigError("timing needs repeats >= 1, warmup >= 0 and batch_size >= 1")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered name plus config overrides (values as given: strings from the CLI are fine)."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    preset: str = "default"
+
+    @classmethod
+    def parse(cls, text: str, preset: str = "default") -> ComponentSpec:
+        """``"name"`` or ``"name:key=value,key=value"`` (the CLI form)."""
+        name, _, rest = text.partition(":")
+        overrides = []
+        for item in filter(None, (part.strip() for part in rest.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"cannot read {item!r} in {text!r}: write key=value")
+            overrides.append((key.strip(), value.strip()))
+        return cls(name.strip(), tuple(overrides), preset)
+
+    def build_config(self, config_cls: type[Config]) -> Config:
+        return config_cls.from_dict(dict(self.overrides), base=config_cls.preset(self.preset))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs; picklable, so any executor can ship it to a worker."""
+
+    task: ComponentSpec
+    method: ComponentSpec
+    metrics: tuple[ComponentSpec, ...]
+    seed: int = 0
+    results_dir: str = "results"
+    cache_dir: str = "cache"
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+    def resolve(self) -> ResolvedSpec:
+        """Check names and configs (no data is loaded); raises a one-line error on bad input."""
+        task_cls = TASKS.get(self.task.name)
+        method_cls = METHODS.get(self.method.name)
+        metric_classes = [METRICS.get(m.name) for m in self.metrics]
+        task_config = self.task.build_config(task_cls.Config)
+        method_config = self.method.build_config(method_cls.Config)
+        metric_configs = [
+            m.build_config(cls.Config) for m, cls in zip(self.metrics, metric_classes, strict=True)
+        ]
+        task = task_cls(task_config)
+        method = method_cls(method_config)
+        metrics = [cls(cfg) for cls, cfg in zip(metric_classes, metric_configs, strict=True)]
+        names = [m.name for m in metrics]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"metric listed twice in {names}")
+        return ResolvedSpec(self, task, method, metrics)
+
+
+@dataclass
+class ResolvedSpec:
+    spec: RunSpec
+    task: Task
+    method: Method
+    metrics: list[Metric]
+
+    @property
+    def run_id(self) -> str:
+        """Stable id of what is computed (not of where it is written or how it is timed)."""
+        return stable_hash({
+            "task": [self.task.name, self.task.version, self.task.config.to_dict()],
+            "method": [self.method.name, self.method.version, self.method.config.to_dict()],
+            "metrics": sorted(
+                [m.name, m.version, m.config.to_dict()] for m in self.metrics
+            ),
+            "seed": self.spec.seed,
+        }, length=20)
+
+    def record_path(self) -> Path:
+        return Path(self.spec.results_dir) / "records" / f"{self.run_id}.json"
+
+
+# =============================================================================================
+# Shared, expensive inputs (memoised in-process; models also content-addressed on disk)
+# =============================================================================================
+_DATA_MEMO: dict[str, TaskData] = {}
+
+
+def load_task_data(task: Task) -> TaskData:
+    key = stable_hash([task.name, task.version, task.config.to_dict()])
+    if key not in _DATA_MEMO:
+        _DATA_MEMO[key] = task.load()
+    return _DATA_MEMO[key]
+
+
+def select_device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch. Only the harness seeds; library code never does."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_key(task: Task, data: TaskData, seed: int) -> dict[str, Any]:
+    return {
+        "task": task.name,
+        "task_version": task.version,
+        "architecture": task.architecture,
+        "variant": data.variant,
+        "train_data": data.train.fingerprint(),
+        "training": task.training_config(),
+        "seed": seed,
+    }
+
+
+def get_or_train_model(
+    task: Task, data: TaskData, seed: int, cache: Cache, device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model for (data, variant, architecture, training config, seed); cached on disk."""
+    key = model_key(task, data, seed)
+    store = cache.scope("models", task.name)
+    cached = store.contains(key)
+
+    def train() -> Artefact:
+        seed_everything(seed)
+        model = task.build_model().to(device)
+        trained: TrainedModel = task.train_model(model, data, device=device)
+        state = {k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()}
+        return Artefact(tensors=state, meta={"history": trained.history})
+
+    (artefact, timing) = timed(lambda: store.get_or_create(key, train))
+    model = task.build_model()
+    model.load_state_dict(artefact.tensors)
+    model = model.to(device).eval()
+    info = {
+        "key": stable_hash(key, length=24),
+        "cached": cached,
+        "seconds": timing.seconds,
+        "history": artefact.meta.get("history", {}),
+    }
+    return model, info
+
+
+def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat([
+            model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu()
+            for i in range(0, len(x), batch_size)
+        ])
+
+
+# =============================================================================================
+# One run
+# =============================================================================================
+def method_label(method: Method) -> str:
+    """``name`` plus the config values that differ from the defaults, e.g. ``similarity(metric=l2)``."""
+    defaults = type(method.config)().to_dict()
+    changed = {k: v for k, v in method.config.to_dict().items() if defaults.get(k) != v}
+    if not changed:
+        return method.name
+    return f"{method.name}(" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
+
+
+def explanation_summary(explanations: Tensor, eps: float = 1e-6) -> dict[str, float]:
+    """Sparsity of an attribution matrix: exact zeros, l0_eps share and Hoyer, averaged over rows."""
+    import torch
+
+    a = explanations.detach().to(torch.float64).abs()
+    n = a.shape[1]
+    row_max = a.amax(dim=1, keepdim=True)
+    zero_rows = row_max.squeeze(1) == 0
+    l0 = torch.where(zero_rows, 1.0, (a < eps * row_max).to(torch.float64).mean(dim=1))
+    l1, l2 = a.sum(dim=1), a.norm(dim=1)
+    hoyer = (n**0.5 - l1 / l2.clamp_min(1e-300)) / max(n**0.5 - 1, 1e-300)
+    hoyer = torch.where(zero_rows, 1.0, hoyer)
+    return {
+        "exact_zero_share": float((a == 0).to(torch.float64).mean()),
+        "l0_eps": float(l0.mean()),
+        "hoyer": float(hoyer.mean()),
+    }
+
+
+def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int,
+                device: torch.device) -> Tensor:
+    import torch
+
+    parts = [
+        method.explain(x[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
+        .detach()
+        .cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(parts)
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Run one spec and return its record (status "failed" with the traceback on any error)."""
+    resolved = spec.resolve()
+    record = _empty_record(resolved)
+    try:
+        _run(resolved, record)
+        record["status"] = "ok"
+    except Exception as err:  # the record carries the failure; the grid goes on
+        log.exception("run %s failed", resolved.run_id)
+        record["status"] = "failed"
+        record["error"] = {
+            "type": type(err).__name__,
+            "message": str(err),
+            "traceback": traceback.format_exc(),
+        }
+    return record
+
+
+def _empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
+    task, method = resolved.task, resolved.method
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": resolved.run_id,
+        "created_utc": records.utc_now(),
+        "status": "failed",
+        "error": None,
+        "method": {
+            "name": method.name,
+            "version": method.version,
+            "config": method.config.to_dict(),
+            "config_hash": method.config.config_hash(),
+            "label": method_label(method),
+            "supports": sorted(method.supports),
+        },
+        "task": {
+            "name": task.name,
+            "version": task.version,
+            "variant": task.config.variant,
+            "config": task.config.to_dict(),
+            "config_hash": task.config.config_hash(),
+            "seed": resolved.spec.seed,
+            "n_train": None,
+            "n_test": None,
+            "num_classes": None,
+            "model": None,
+        },
+        "metrics": {},
+        "timings": {},
+        "memory": {},
+        "sparsity": None,
+        "diagnostics": {},
+        "git": records.git_info(),
+        "environment": records.environment(),
+    }
+
+
+def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
+    import torch
+
+    spec, task, method = resolved.spec, resolved.task, resolved.method
+    cache = Cache(spec.cache_dir)
+    device = select_device()
+
+    data = load_task_data(task)
+    model, model_info = get_or_train_model(task, data, spec.seed, cache, device)
+    test_x = data.test.x
+    targets = predict(model, test_x, spec.timing.batch_size)
+    test_accuracy = float((targets == data.test.y).to(torch.float64).mean())
+    record["task"].update(
+        n_train=len(data.train), n_test=len(data.test), num_classes=data.num_classes,
+        model={"key": model_info["key"], "cached": model_info["cached"],
+               "test_accuracy": test_accuracy, "history": model_info["history"]},
+    )
+    timings: dict[str, Any] = {"model_s": model_info["seconds"]}
+    record["timings"] = timings
+
+    # --- fit: the first fit may miss the cache (cold); a second, fresh instance hits it (warm).
+    method_cache = cache.scope("methods", method.name)
+    seed_everything(spec.seed)
+    misses_before = method_cache.stats.misses
+    _, fit_first = timed(lambda: method.fit(model, data.train, cache=method_cache))
+    was_cold = method_cache.stats.misses > misses_before
+    warm_method = type(method)(method.config)
+    seed_everything(spec.seed)
+    _, fit_warm = timed(lambda: warm_method.fit(model, data.train, cache=method_cache))
+    timings["fit"] = {
+        "cold_s": fit_first.seconds if was_cold else None,
+        "warm_s": fit_warm.seconds,
+        "cache_used": "cache" in method.supports,
+    }
+    record["memory"]["fit"] = (fit_first if was_cold else fit_warm).memory.to_dict()
+    method = warm_method  # explain with the instance that loaded from cache
+
+    # --- explain: warm-up, then timed passes over all test points.
+    batch = spec.timing.batch_size
+    for _ in range(spec.timing.warmup):
+        explain_all(method, test_x[:batch], targets[:batch], batch, device)
+    stats = RepeatStats()
+    explanations: Tensor | None = None
+    with peak_memory() as explain_memory:
+        for _ in range(spec.timing.repeats):
+            start = now()
+            explanations = explain_all(method, test_x, targets, batch, device)
+            stats.per_item_s.append((now() - start) / len(test_x))
+    assert explanations is not None
+    _check_explanations(explanations, len(test_x), len(data.train), method.name)
+    timings["explain"] = {
+        **{f"per_point_{k}": v for k, v in stats.to_dict().items()},
+        "n_points": len(test_x),
+        "batch_size": batch,
+        "warmup": spec.timing.warmup,
+        "total_s": stats.median * len(test_x),
+    }
+    record["memory"]["explain"] = explain_memory.to_dict()
+    record["sparsity"] = explanation_summary(explanations)
+
+    # --- self-influence where supported.
+    self_influence = None
+    if "self_influence" in method.supports:
+        self_influence, si_timing = timed(lambda: method.self_influence().detach().cpu())
+        timings["self_influence_s"] = si_timing.seconds
+        record["memory"]["self_influence"] = si_timing.memory.to_dict()
+    else:
+        timings["self_influence_s"] = None
+
+    record["diagnostics"] = method.diagnostics()
+
+    # --- metrics: one failing metric is recorded as failed; the others still run.
+    context = MetricContext(
+        data=data, model=model, explanations=explanations, targets=targets,
+        self_influence=self_influence, cache=cache.scope("metrics"), device=device,
+    )
+    timings["metrics_s"] = {}
+    for metric in resolved.metrics:
+        record["metrics"][metric.name], timings["metrics_s"][metric.name] = _run_metric(
+            metric, context, data.variant, method.supports
+        )
+
+
+def _run_metric(metric: Metric, ctx: MetricContext, variant: str,
+                supports: frozenset[str]) -> tuple[dict[str, Any], float | None]:
+    entry: dict[str, Any] = {
+        "value": None, "direction": metric.direction, "version": metric.version,
+        "config": metric.config.to_dict(), "details": {}, "status": "failed", "error": None,
+    }
+    try:
+        metric.check_applicable(variant, supports)
+        result, timing = timed(lambda: metric.compute(ctx))
+    except Exception as err:  # recorded; the other metrics go on
+        level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
+        log.log(level, "metric %s failed: %s", metric.name, err)
+        entry["error"] = {"type": type(err).__name__, "message": str(err),
+                          "traceback": traceback.format_exc()}
+        return entry, None
+    entry.update(value=float(result.value), details=result.details, status="ok")
+    return entry, timing.seconds
+
+
+def _check_explanations(explanations: Tensor, n_test: int, n_train: int, name: str) -> None:
+    import torch
+
+    if tuple(explanations.shape) != (n_test, n_train):
+        raise ValueError(
+            f"method {name!r} returned explanations of shape {tuple(explanations.shape)}; "
+            f"expected (n_test, n_train) = ({n_test}, {n_train})"
+        )
+    if not torch.isfinite(explanations).all():
+        raise ValueError(f"method {name!r} returned non-finite attributions")
+
+
+# =============================================================================================
+# Grids
+# =============================================================================================
+@dataclass
+class GridOutcome:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)
+
+
+def existing_status(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        return records.read_record(path)["status"]
+    except records.RecordError:
+        return None
+
+
+def preflight(specs: Sequence[RunSpec]) -> list[ResolvedSpec]:
+    """Resolve every spec and load every task's data once, before anything is written.
+
+    Bad names, config keys, variants and sizes fail here with a one-line error, so a grid with
+    bad input leaves no partial files behind.
+    """
+    resolved = [spec.resolve() for spec in specs]
+    for item in resolved:
+        load_task_data(item.task)
+    ids = [r.run_id for r in resolved]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("the grid lists the same run twice; remove the duplicate spec")
+    return resolved
+
+
+def run_grid(
+    specs: Iterable[RunSpec],
+    *,
+    force: bool = False,
+    progress: bool | None = None,
+    on_record: Callable[[dict[str, Any], Path], None] | None = None,
+) -> GridOutcome:
+    """Run every spec whose record is missing or failed (all of them with ``force``).
+
+    Records are written one by one as runs finish, so an interrupted grid loses at most the run in
+    flight and a rerun picks up where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    specs = list(specs)
+    resolved = preflight(specs)
+    outcome = GridOutcome()
+    bar = tqdm(resolved, desc="runs", unit="run", disable=None if progress is None else not progress)
+    for item in bar:
+        path = item.record_path()
+        bar.set_postfix_str(f"{item.method.name} on {item.task.name}/{item.task.config.variant}")
+        if not force and existing_status(path) == "ok":
+            outcome.skipped.append(path)
+            continue
+        record = run_one(item.spec)
+        written = records.write_record(record, path.parent)
+        (outcome.written if record["status"] == "ok" else outcome.failed).append(written)
+        if on_record is not None:
+            on_record(record, written)
+    return outcome
+
+
+def expand(
+    task: ComponentSpec,
+    methods: Sequence[ComponentSpec],
+    metrics: Sequence[ComponentSpec],
+    seeds: Sequence[int],
+    **common: Any,
+) -> list[RunSpec]:
+    """The cross product methods x seeds for one task."""
+    return [
+        RunSpec(task=task, method=method, metrics=tuple(metrics), seed=seed, **common)
+        for method in methods
+        for seed in seeds
+    ]
+
+
+def with_paths(spec: RunSpec, results_dir: str, cache_dir: str) -> RunSpec:
+    return dataclasses.replace(spec, results_dir=results_dir, cache_dir=cache_dir)

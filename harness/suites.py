@@ -1,0 +1,47 @@
+"""Named suites: the whole benchmark grid is Python here, not a folder of YAML files.
+
+``default`` is the embedded suite that ``./run_all.sh`` runs offline on a 2-core CPU (full MNIST,
+2,000 explained test points as in the paper); ``quick`` is the same grid on a subset that finishes
+in a few minutes. Methods, metrics and variants are added here as they land.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from harness.config import ConfigError
+from harness.runner import ComponentSpec, RunSpec, TimingConfig, expand
+
+SIMILARITIES = ("dot", "cos", "l2")
+
+
+def _mnist_std(n_train: int | None, n_test: int, preset: str, timing: TimingConfig,
+               **paths: str) -> list[RunSpec]:
+    overrides = (("variant", "std"), ("n_test", n_test)) + (
+        (("n_train", n_train),) if n_train is not None else ()
+    )
+    task = ComponentSpec("mnist", overrides, preset)
+    methods = [ComponentSpec("random", preset=preset)]
+    for name in ("feature_similarity", "input_similarity"):
+        methods += [ComponentSpec(name, (("metric", m),), preset) for m in SIMILARITIES]
+    metrics = [ComponentSpec("class_detection"), ComponentSpec("sparsity")]
+    return expand(task, methods, metrics, seeds=[0], timing=timing, **paths)
+
+
+def default(**paths: str) -> list[RunSpec]:
+    """The paper's MNIST setting: all 60,000 training points, 2,000 explained test points."""
+    return _mnist_std(None, 2000, "default", TimingConfig(), **paths)
+
+
+def quick(**paths: str) -> list[RunSpec]:
+    """A few minutes on 2 cores: 6,000 training points, 200 test points, shorter training."""
+    return _mnist_std(6000, 200, "quick", TimingConfig(repeats=3), **paths)
+
+
+SUITES: dict[str, Callable[..., list[RunSpec]]] = {"default": default, "quick": quick}
+
+
+def get_suite(name: str, **paths: str) -> list[RunSpec]:
+    if name not in SUITES:
+        raise ConfigError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
+    return SUITES[name](**paths)

@@ -1,0 +1,14 @@
+"""The method catalogue: one line per method (name, "module:Class", one-line description).
+
+Adding a method = one new file in this folder plus one line below. Entries are lazy: nothing here
+imports torch, so `dabench list methods` stays instant.
+"""
+
+from harness.registry import METHODS
+
+METHODS.add("random", "methods.random_baseline:RandomAttribution",
+            "Seeded uniform random scores: the floor every method must beat.")
+METHODS.add("feature_similarity", "methods.similarity:FeatureSimilarity",
+            "Dot/cos/l2 similarity of penultimate features, signed by label agreement (paper appx).")
+METHODS.add("input_similarity", "methods.similarity:InputSimilarity",
+            "Dot/cos/l2 similarity of raw inputs, signed by label agreement (paper appx).")

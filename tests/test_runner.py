@@ -1,0 +1,206 @@
+"""The runner end to end on the toy task: records, contract of every method, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import records
+from harness.cache import Cache, CacheConflictError
+from harness.protocols import NotFittedError
+from harness.registry import METHODS
+from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid, run_one, seed_everything
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _spec(tmp_path: Path, method: str = "random", **kw) -> RunSpec:
+    return RunSpec(
+        task=ComponentSpec("toy"),
+        method=ComponentSpec.parse(method),
+        metrics=(ComponentSpec("class_detection"), ComponentSpec("sparsity")),
+        results_dir=str(tmp_path / "results"),
+        cache_dir=str(tmp_path / "cache"),
+        timing=TimingConfig(repeats=2, batch_size=8),
+        **kw,
+    )
+
+
+# ----- contract over every registered method ------------------------------------------------
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name: str, toy_setup, tmp_path: Path) -> None:
+    _, data, model = toy_setup
+    cls = METHODS.get(name)
+    x, n_train = data.test.x, len(data.train)
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1)
+
+    with pytest.raises(NotFittedError):
+        cls(cls.Config()).explain(x, targets)
+
+    def fitted(cache_dir: Path):
+        seed_everything(0)
+        method = cls(cls.Config())
+        method.fit(model, data.train, cache=Cache(cache_dir))
+        return method
+
+    first = fitted(tmp_path / "a")
+    scores = first.explain(x, targets)
+    assert scores.shape == (len(x), n_train)
+    assert scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+
+    # Same seed, fresh cache: same output.
+    assert torch.equal(fitted(tmp_path / "b").explain(x, targets), scores)
+    # Cache hit (same cache dir as the first fit): identical scores.
+    warm_cache = Cache(tmp_path / "a")
+    seed_everything(0)
+    warm = cls(cls.Config())
+    warm.fit(model, data.train, cache=warm_cache)
+    if "cache" in cls.supports:
+        assert warm_cache.stats.hits > 0 and warm_cache.stats.misses == 0
+    assert torch.equal(warm.explain(x, targets), scores)
+
+    if "self_influence" in cls.supports:
+        si = first.self_influence()
+        assert si.shape == (n_train,) and torch.isfinite(si).all()
+
+
+# ----- one run, its record --------------------------------------------------------------------
+def test_run_one_record_is_complete_and_round_trips(tmp_path: Path) -> None:
+    record = run_one(_spec(tmp_path, "feature_similarity:metric=dot"))
+    assert record["status"] == "ok", record["error"]
+    path = records.write_record(record, tmp_path / "records")
+    assert records.read_record(path) == json.loads(json.dumps(record))
+    assert record["method"]["label"] == "feature_similarity(metric=dot)"
+    assert (record["task"]["n_train"], record["task"]["n_test"]) == (48, 24)
+    assert record["metrics"]["class_detection"]["direction"] == "higher"
+    assert 0.0 <= record["metrics"]["class_detection"]["value"] <= 1.0
+    explain = record["timings"]["explain"]
+    assert explain["repeats"] == 2 and explain["per_point_median_s"] > 0
+    assert record["timings"]["fit"]["cold_s"] is not None  # fresh cache: the first fit was cold
+    assert record["timings"]["fit"]["warm_s"] is not None
+    assert set(record["sparsity"]) == {"exact_zero_share", "l0_eps", "hoyer"}
+    assert record["memory"]["explain"]["rss_peak_mb"] > 0
+    assert record["environment"]["torch"] == torch.__version__
+
+    # A second run on the same cache: the model comes from the cache and the fit is warm only.
+    again = run_one(_spec(tmp_path, "feature_similarity:metric=dot"))
+    assert again["task"]["model"]["cached"] is True
+    assert again["timings"]["fit"]["cold_s"] is None
+    assert again["metrics"]["class_detection"]["value"] == record["metrics"]["class_detection"]["value"]
+
+
+def test_record_schema_rejects_missing_keys(tmp_path: Path) -> None:
+    record = run_one(_spec(tmp_path))
+    del record["metrics"]
+    with pytest.raises(records.RecordError, match="missing keys"):
+        records.write_record(record, tmp_path)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_failing_metric_is_recorded_and_others_still_run(tmp_path: Path) -> None:
+    from harness.protocols import Metric, MetricResult
+    from harness.registry import METRICS
+
+    class Exploding(Metric):
+        def compute(self, ctx):  # noqa: ANN001
+            raise RuntimeError("boom")
+
+    if "exploding_test_metric" not in METRICS:
+        METRICS.add("exploding_test_metric", Exploding, "raises, for a test")
+    spec = _spec(tmp_path)
+    spec = RunSpec(**{**spec.__dict__, "metrics": (ComponentSpec("exploding_test_metric"),
+                                                   ComponentSpec("sparsity"))})
+    record = run_one(spec)
+    assert record["status"] == "ok"
+    assert record["metrics"]["exploding_test_metric"]["status"] == "failed"
+    assert "boom" in record["metrics"]["exploding_test_metric"]["error"]["message"]
+    assert record["metrics"]["sparsity"]["status"] == "ok"
+    assert isinstance(MetricResult(1.0).value, float)
+
+
+def test_grid_skips_finished_records_unless_forced(tmp_path: Path) -> None:
+    specs = [_spec(tmp_path, m) for m in ("random", "input_similarity")]
+    first = run_grid(specs, progress=False)
+    assert len(first.written) == 2 and not first.skipped
+    second = run_grid(specs, progress=False)
+    assert len(second.skipped) == 2 and not second.written
+    forced = run_grid(specs, force=True, progress=False)
+    assert len(forced.written) == 2
+
+
+def test_cache_key_conflict_is_an_error(tmp_path: Path) -> None:
+    from harness.cache import Artefact
+
+    cache = Cache(tmp_path)
+    cache.get_or_create({"a": 1}, lambda: Artefact({"t": torch.ones(2)}))
+    path = cache.path_for({"a": 1})
+    (path / "key.json").write_text(json.dumps({"a": 2}))
+    with pytest.raises(CacheConflictError, match="different key"):
+        cache.get_or_create({"a": 1}, lambda: Artefact({"t": torch.zeros(2)}))
+
+
+# ----- the command line: bad input and interruption -----------------------------------------
+def _dabench(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "toyy", "--methods", "random"], "unknown task 'toyy'; did you mean 'toy'"),
+        (["--task", "toy", "--methods", "randm"], "did you mean 'random'"),
+        (["--task", "toy", "--methods", "random", "--metrics", "class_detect"],
+         "did you mean 'class_detection'"),
+        (["--task", "toy", "--method", "random:sed=1"], "unknown config key(s) ['sed']"),
+        (["--task", "toy", "--methods", "random", "--n-test", "100000"], "--n-test"),
+        (["--task", "toy", "--methods", "random", "--data-root", "/no/such/dir"],
+         "data directory '/no/such/dir' does not exist"),
+        (["--task", "toy", "--methods", "random", "--variant", "nope"], "has no variant 'nope'"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_with_no_files(args, message, tmp_path: Path) -> None:
+    result = _dabench("run", *args, "--results-dir", "res", "--cache-dir", "cache", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dabench: error:"), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "res").exists()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_interrupted_grid_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    seeds = ",".join(str(s) for s in range(6))
+    args = ["run", "--task", "toy", "--methods", "random,input_similarity", "--seeds", seeds,
+            "--metrics", "sparsity", "--repeats", "1", "--results-dir", "res", "--cache-dir", "c"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records_dir = tmp_path / "res" / "records"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(records_dir.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in records_dir.glob("*.json")}
+    assert 2 <= len(done_before) < 12, "the kill must land mid-grid"
+
+    result = _dabench(*args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    finals = sorted(records_dir.glob("*.json"))
+    assert len(finals) == 12
+    assert done_before <= {p.name for p in finals}
+    loaded = [records.read_record(p) for p in finals]
+    assert len({r["run_id"] for r in loaded}) == 12
+    assert all(r["status"] == "ok" for r in loaded)
+    assert f"{len(done_before)} already finished" in result.stdout
