@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import typing
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 
 class ConfigError(ValueError):
@@ -34,9 +34,6 @@ def stable_hash(payload: Any, length: int = 16) -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """Base of all configs. Subclasses add fields with :func:`option`."""
-
-    #: Name used in error messages ("config of method 'random'"); set by the registry on load.
-    owner: ClassVar[str] = ""
 
     # ----- presets -------------------------------------------------------------------------
     @classmethod
@@ -74,17 +71,14 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            who = f" of {cls.owner}" if cls.owner else ""
-            raise ConfigError(
-                f"unknown config key(s) {unknown}{who}; valid keys: {sorted(known)}"
-            )
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        coerced = {k: _coerce(v, hints.get(k), k, cls.owner) for k, v in values.items()}
+        coerced = {k: _coerce(v, hints.get(k), k) for k, v in values.items()}
         start = base if base is not None else cls()
         try:
             return dataclasses.replace(start, **coerced)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"invalid config{' of ' + cls.owner if cls.owner else ''}: {err}") from err
+            raise ConfigError(f"invalid config: {err}") from err
 
     def config_hash(self) -> str:
         return stable_hash({"type": type(self).__qualname__, **self.to_dict()})
@@ -102,7 +96,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _coerce(value: Any, hint: Any, key: str, owner: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Convert command-line strings to the field's declared scalar type."""
     if not isinstance(value, str) or hint is None:
         if isinstance(value, list) and typing.get_origin(hint) is tuple:
@@ -130,8 +124,9 @@ def _coerce(value: Any, hint: Any, key: str, owner: str) -> Any:
                 return tuple(v.strip() for v in value.split(",") if v.strip())
         except ValueError:
             continue
-    where = f" of {owner}" if owner else ""
-    raise ConfigError(f"config key {key!r}{where}: cannot read {value!r} as {hint}")
+    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+    wanted = f"one of {list(choices)}" if choices else str(hint)
+    raise ConfigError(f"config key {key!r}: cannot read {value!r} as {wanted}")
 
 
 _UnionType = type(int | None)

@@ -126,7 +126,6 @@ class Registry(Generic[T]):
             else:
                 cls = target
             cls.name = name
-            cls.Config.owner = f"{self.kind} {name!r}"
             self._loaded[name] = cls
         return self._loaded[name]
 

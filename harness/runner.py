@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from harness import records
 from harness.cache import Artefact, Cache
 from harness.config import Config, ConfigError, option, stable_hash
+from harness.measures import sparsity_summary
 from harness.protocols import (
     CapabilityError,
     Method,
@@ -77,8 +78,12 @@ class ComponentSpec:
             overrides.append((key.strip(), value.strip()))
         return cls(name.strip(), tuple(overrides), preset)
 
-    def build_config(self, config_cls: type[Config]) -> Config:
-        return config_cls.from_dict(dict(self.overrides), base=config_cls.preset(self.preset))
+    def build_config(self, config_cls: type[Config], kind: str) -> Config:
+        """The preset with the overrides applied; errors name the component ("method 'x': ...")."""
+        try:
+            return config_cls.from_dict(dict(self.overrides), base=config_cls.preset(self.preset))
+        except ConfigError as err:
+            raise ConfigError(f"{kind} {self.name!r}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -98,10 +103,10 @@ class RunSpec:
         task_cls = TASKS.get(self.task.name)
         method_cls = METHODS.get(self.method.name)
         metric_classes = [METRICS.get(m.name) for m in self.metrics]
-        task_config = self.task.build_config(task_cls.Config)
-        method_config = self.method.build_config(method_cls.Config)
+        task_config = self.task.build_config(task_cls.Config, "task")
+        method_config = self.method.build_config(method_cls.Config, "method")
         metric_configs = [
-            m.build_config(cls.Config) for m, cls in zip(self.metrics, metric_classes, strict=True)
+            m.build_config(cls.Config, "metric") for m, cls in zip(self.metrics, metric_classes, strict=True)
         ]
         task = task_cls(task_config)
         method = method_cls(method_config)
@@ -227,25 +232,6 @@ def method_label(method: Method) -> str:
     return f"{method.name}(" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
 
 
-def explanation_summary(explanations: Tensor, eps: float = 1e-6) -> dict[str, float]:
-    """Sparsity of an attribution matrix: exact zeros, l0_eps share and Hoyer, averaged over rows."""
-    import torch
-
-    a = explanations.detach().to(torch.float64).abs()
-    n = a.shape[1]
-    row_max = a.amax(dim=1, keepdim=True)
-    zero_rows = row_max.squeeze(1) == 0
-    l0 = torch.where(zero_rows, 1.0, (a < eps * row_max).to(torch.float64).mean(dim=1))
-    l1, l2 = a.sum(dim=1), a.norm(dim=1)
-    hoyer = (n**0.5 - l1 / l2.clamp_min(1e-300)) / max(n**0.5 - 1, 1e-300)
-    hoyer = torch.where(zero_rows, 1.0, hoyer)
-    return {
-        "exact_zero_share": float((a == 0).to(torch.float64).mean()),
-        "l0_eps": float(l0.mean()),
-        "hoyer": float(hoyer.mean()),
-    }
-
-
 def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int,
                 device: torch.device) -> Tensor:
     import torch
@@ -340,7 +326,8 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     seed_everything(spec.seed)
     misses_before = method_cache.stats.misses
     _, fit_first = timed(lambda: method.fit(model, data.train, cache=method_cache))
-    was_cold = method_cache.stats.misses > misses_before
+    # Cold = the cost from scratch: a cache miss, or any fit of a method that keeps no cache.
+    was_cold = method_cache.stats.misses > misses_before or "cache" not in method.supports
     warm_method = type(method)(method.config)
     seed_everything(spec.seed)
     _, fit_warm = timed(lambda: warm_method.fit(model, data.train, cache=method_cache))
@@ -366,14 +353,15 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     assert explanations is not None
     _check_explanations(explanations, len(test_x), len(data.train), method.name)
     timings["explain"] = {
-        **{f"per_point_{k}": v for k, v in stats.to_dict().items()},
+        **{f"per_point_{k}": v for k, v in stats.to_dict().items() if k != "repeats"},
+        "repeats": spec.timing.repeats,
         "n_points": len(test_x),
         "batch_size": batch,
         "warmup": spec.timing.warmup,
         "total_s": stats.median * len(test_x),
     }
     record["memory"]["explain"] = explain_memory.to_dict()
-    record["sparsity"] = explanation_summary(explanations)
+    record["sparsity"] = sparsity_summary(explanations, device=device)
 
     # --- self-influence where supported.
     self_influence = None

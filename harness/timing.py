@@ -120,7 +120,6 @@ class RepeatStats:
             "min_s": values[0],
             "max_s": values[-1],
             "iqr_s": q3 - q1,
-            "repeats": len(values),
             "all_s": values,
         }
 

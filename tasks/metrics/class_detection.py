@@ -1,0 +1,106 @@
+"""Class detection: share of the top-k attributed training points labelled as the prediction.
+
+Metric 1 of the DualXDA paper (Yolcu, Weckbecker, Wiegand, Samek, Lapuschkin, "DualXDA: Towards
+Sparse, Efficient and Explainable Data Attribution in Large AI Models", arXiv 2402.12118)::
+
+    CD = 1/n_test * sum_j  1/k * |{ i in top_k(A[j, :]) : y_i == c_j }|,   k = 5
+
+with ``A`` the ``(n_test, n_train)`` attribution matrix, ``c_j`` the model's predicted class for
+test point ``j`` (``ctx.targets``) and ``y_i`` the training labels (``ctx.data.train.y``, i.e. the
+labels the model was trained on). ``top_k`` takes the k *highest* (signed) attributions.
+
+Computed by quanda 0.5.0's ``ClassDetectionMetric`` (parameter ``s`` = our ``top_k``), which does
+exactly this: ``explanations.topk(k=min(s, n_train), dim=1)``, looks up the labels of the chosen
+training points through ``train_dataset[i]``, and averages the per-point match fractions. Ties at
+the k-th place are broken by ``torch.topk`` (unspecified order); a method whose rows have fewer
+than k distinct top scores (e.g. many exact zeros) may therefore depend on that choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from harness.config import Config, ConfigError, option
+from harness.protocols import Metric, MetricContext, MetricResult
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassDetectionConfig(Config):
+    """Configuration of :class:`ClassDetection`."""
+
+    top_k: int = option(5, "number of top-attributed training points compared with the prediction")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}")
+
+
+class _LabelledTensors(torch.utils.data.Dataset):
+    """``(x_i, y_i)`` items with ``y_i`` a Python int: what quanda reads labels from.
+
+    Indexing is O(1) (a tensor view and a list lookup), so quanda's per-index label lookups stay
+    cheap for 60,000 training points.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x = x
+        self.labels: list[int] = [int(v) for v in y.detach().cpu().tolist()]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.x[index], self.labels[index]
+
+
+class ClassDetection(Metric):
+    """Mean share of the top-k attributed training points whose label is the predicted class."""
+
+    Config = ClassDetectionConfig
+    version = "1"
+    direction = "higher"
+
+    def compute(self, ctx: MetricContext) -> MetricResult:
+        """Class detection over all explained test points.
+
+        Parameters
+        ----------
+        ctx:
+            ``explanations`` ``(n_test, n_train)``, ``targets`` ``(n_test,)`` predicted classes,
+            ``data.train.y`` ``(n_train,)`` training labels, ``model`` (quanda places its work on
+            the model's device).
+
+        Returns
+        -------
+        MetricResult
+            ``value`` in [0, 1]; ``details`` = ``{"top_k": k, "n_test": n_test}`` where ``k`` is
+            capped at ``n_train``.
+        """
+        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from quanda.metrics.downstream_eval import ClassDetectionMetric
+
+        explanations, targets = ctx.explanations, ctx.targets
+        n_test, n_train = explanations.shape
+        if targets.shape != (n_test,) or n_train != len(ctx.data.train):
+            raise ValueError(
+                f"class detection needs explanations (n_test, n_train) = ({len(targets)}, "
+                f"{len(ctx.data.train)}) and targets (n_test,); got {tuple(explanations.shape)} "
+                f"and {tuple(targets.shape)}"
+            )
+        top_k: int = self.config.top_k  # type: ignore[attr-defined]
+        train = _LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        metric = ClassDetectionMetric(model=ctx.model, train_dataset=train, s=top_k)
+        metric.update(explanations=explanations.detach(), test_targets=targets.detach())
+        value = float(metric.compute()["score"])
+        return MetricResult(value=value, details={"top_k": min(top_k, n_train), "n_test": n_test})
