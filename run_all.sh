@@ -29,9 +29,14 @@ setup() {
     local want
     want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        echo "run_all.sh: installing the project and its pinned dependencies into $VENV (first time: several minutes)" >&2
-        "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+        echo "run_all.sh: installing the project and its pinned dependencies into $VENV (first time: several minutes; log: $VENV/install.log)" >&2
+        local log="$VENV/install.log"
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+               && "$VENV/bin/python" -m pip install -e '.[test]'; } > "$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "run_all.sh: installation failed; the full pip log is in $log" >&2
+            exit 1
+        fi
         echo "$want" > "$stamp"
     fi
 }

@@ -47,8 +47,9 @@ class CacheStats:
 class Cache:
     """A cache rooted at ``root``, scoped to ``<kind>/<name>`` (see :meth:`scope`)."""
 
-    def __init__(self, root: str | os.PathLike[str], scope: tuple[str, ...] = (),
-                 stats: CacheStats | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], scope: tuple[str, ...] = (), stats: CacheStats | None = None
+    ) -> None:
         self.root = Path(root)
         self._scope = scope
         self.stats = stats if stats is not None else CacheStats()

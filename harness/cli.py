@@ -18,24 +18,35 @@ from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError
 from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_plugin
 
-USER_ERRORS = (ConfigError, RegistryError, DataError, CapabilityError, CacheConflictError,
-               FileNotFoundError)
+USER_ERRORS = (ConfigError, RegistryError, DataError, CapabilityError, CacheConflictError, FileNotFoundError)
 REGISTRIES = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}
 DEFAULT_METRICS = "class_detection,sparsity"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default=os.environ.get("DABENCH_RESULTS", "results"),
-                        help="where records/ and tables/ go (default: results, or $DABENCH_RESULTS)")
-    parser.add_argument("--cache-dir", default=os.environ.get("DABENCH_CACHE", "cache"),
-                        help="content-addressed cache of models and method artefacts "
-                             "(default: cache, or $DABENCH_CACHE)")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (it may register extra methods/tasks/metrics)")
-    parser.add_argument("--force", action="store_true",
-                        help="rerun specs whose finished record exists (default: skip them)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed passes over the test points (default 3)")
+    parser.add_argument(
+        "--results-dir",
+        default=os.environ.get("DABENCH_RESULTS", "results"),
+        help="where records/ and tables/ go (default: results, or $DABENCH_RESULTS)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=os.environ.get("DABENCH_CACHE", "cache"),
+        help="content-addressed cache of models and method artefacts (default: cache, or $DABENCH_CACHE)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it may register extra methods/tasks/metrics)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rerun specs whose finished record exists (default: skip them)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed passes over the test points (default 3)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -48,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_list = sub.add_parser("list", help="list registered methods, tasks or metrics")
     p_list.add_argument("kind", choices=sorted(REGISTRIES))
-    p_list.add_argument("--verbose", action="store_true",
-                        help="also show each config's options (imports the modules)")
+    p_list.add_argument(
+        "--verbose", action="store_true", help="also show each config's options (imports the modules)"
+    )
     p_list.add_argument("--plugin", action="append", default=[], metavar="MODULE")
 
     p_run = sub.add_parser("run", help="run methods on one task and write one record per run")
@@ -58,20 +70,43 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--n-train", type=int, default=None, help="use the first N training points")
     p_run.add_argument("--n-test", type=int, default=None, help="explain the first N test points")
     p_run.add_argument("--data-root", default=None, help="directory of an on-disk dataset")
-    p_run.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="task config override, e.g. epochs=1 (repeatable)")
-    p_run.add_argument("--methods", default="", metavar="A,B",
-                       help="comma-separated method names with default configs")
-    p_run.add_argument("--method", action="append", default=[], metavar="NAME[:K=V,K=V]",
-                       help="a method with config overrides, e.g. feature_similarity:metric=l2 "
-                            "(repeatable)")
-    p_run.add_argument("--metrics", default=DEFAULT_METRICS, metavar="A,B",
-                       help=f"comma-separated metric names (default {DEFAULT_METRICS})")
-    p_run.add_argument("--metric", action="append", default=[], metavar="NAME[:K=V]",
-                       help="a metric with config overrides, e.g. class_detection:top_k=10")
+    p_run.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="task config override, e.g. epochs=1 (repeatable)",
+    )
+    p_run.add_argument(
+        "--methods", default="", metavar="A,B", help="comma-separated method names with default configs"
+    )
+    p_run.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME[:K=V,K=V]",
+        help="a method with config overrides, e.g. feature_similarity:metric=l2 (repeatable)",
+    )
+    p_run.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        metavar="A,B",
+        help=f"comma-separated metric names (default {DEFAULT_METRICS})",
+    )
+    p_run.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME[:K=V]",
+        help="a metric with config overrides, e.g. class_detection:top_k=10",
+    )
     p_run.add_argument("--seeds", default="0", metavar="S,S", help="comma-separated seeds")
-    p_run.add_argument("--preset", default="default", choices=["default", "quick", "paper"],
-                       help="config preset of task and methods before overrides")
+    p_run.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "quick", "paper"],
+        help="config preset of task and methods before overrides",
+    )
     _common(p_run)
 
     p_suite = sub.add_parser("suite", help="run a named suite (default, quick), then report")
@@ -151,8 +186,9 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
     except ValueError as err:
         raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers") from err
     timing = TimingConfig() if args.repeats is None else TimingConfig(repeats=args.repeats)
-    return expand(task, methods, metrics, seeds, timing=timing,
-                  results_dir=args.results_dir, cache_dir=args.cache_dir)
+    return expand(
+        task, methods, metrics, seeds, timing=timing, results_dir=args.results_dir, cache_dir=args.cache_dir
+    )
 
 
 def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
@@ -161,10 +197,16 @@ def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
     def show(record: dict[str, Any], path: Any) -> None:
         print(_one_line(record), flush=True)
 
-    outcome = run_grid(specs, force=args.force, on_record=show)
-    print(f"records: {len(outcome.written)} written, {len(outcome.skipped)} already finished "
-          f"(skipped; --force reruns them), {len(outcome.failed)} failed -> "
-          f"{os.path.join(args.results_dir, 'records')}")
+    def announce(index: int, total: int, what: str) -> None:
+        if not sys.stderr.isatty():  # a terminal has the progress bar; a log file gets one line per run
+            print(f"[{index}/{total}] {what} ...", file=sys.stderr, flush=True)
+
+    outcome = run_grid(specs, force=args.force, on_record=show, on_start=announce)
+    print(
+        f"records: {len(outcome.written)} written, {len(outcome.skipped)} already finished "
+        f"(skipped; --force reruns them), {len(outcome.failed)} failed -> "
+        f"{os.path.join(args.results_dir, 'records')}"
+    )
     return 1 if outcome.failed else 0
 
 

@@ -148,8 +148,7 @@ class Method(ABC):
             config = self.Config()
         if not isinstance(config, self.Config):
             raise ConfigError(
-                f"{type(self).__name__} takes a {self.Config.__qualname__}, "
-                f"got {type(config).__name__}"
+                f"{type(self).__name__} takes a {self.Config.__qualname__}, got {type(config).__name__}"
             )
         self.config = config
         self._fitted = False
@@ -212,8 +211,7 @@ class Task(ABC):
         config = config if config is not None else self.Config()
         if config.variant not in self.variants:
             raise ConfigError(
-                f"task {self.name!r} has no variant {config.variant!r}; choose one of "
-                f"{list(self.variants)}"
+                f"task {self.name!r} has no variant {config.variant!r}; choose one of {list(self.variants)}"
             )
         for key in ("n_train", "n_test"):
             value = getattr(config, key)

@@ -38,12 +38,33 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = (
-    "schema_version", "run_id", "created_utc", "status", "error", "method", "task", "metrics",
-    "timings", "memory", "sparsity", "diagnostics", "git", "environment",
+    "schema_version",
+    "run_id",
+    "created_utc",
+    "status",
+    "error",
+    "method",
+    "task",
+    "metrics",
+    "timings",
+    "memory",
+    "sparsity",
+    "diagnostics",
+    "git",
+    "environment",
 )
 KEY_PACKAGES = (
-    "torch", "torchvision", "numpy", "quanda", "captum", "traker", "kronfluence", "zennit",
-    "submitit", "scikit-learn", "pandas",
+    "torch",
+    "torchvision",
+    "numpy",
+    "quanda",
+    "captum",
+    "traker",
+    "kronfluence",
+    "zennit",
+    "submitit",
+    "scikit-learn",
+    "pandas",
 )
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,8 +119,7 @@ def validate(record: dict[str, Any], where: str = "record") -> None:
         raise RecordError(f"{where}: missing keys {missing}")
     if record["schema_version"] != SCHEMA_VERSION:
         raise RecordError(
-            f"{where}: schema version {record['schema_version']} (this harness reads "
-            f"{SCHEMA_VERSION})"
+            f"{where}: schema version {record['schema_version']} (this harness reads {SCHEMA_VERSION})"
         )
     if record["status"] not in ("ok", "failed"):
         raise RecordError(f"{where}: status must be 'ok' or 'failed', got {record['status']!r}")
@@ -108,6 +128,7 @@ def validate(record: dict[str, Any], where: str = "record") -> None:
 @functools.cache
 def git_info() -> dict[str, Any]:
     """Commit and dirty flag of the project checkout (None outside a git work tree)."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10

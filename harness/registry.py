@@ -163,6 +163,4 @@ def load_plugin(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise RegistryError(
-            f"cannot import plugin module {module!r} ({err}); put it on PYTHONPATH"
-        ) from err
+        raise RegistryError(f"cannot import plugin module {module!r} ({err}); put it on PYTHONPATH") from err

@@ -76,6 +76,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "summary.csv", out / "summary.md"
     table.to_csv(csv_path, index=False)
-    markdown = table.to_markdown(index=False, floatfmt=".4g")
+    markdown = table.to_markdown(index=False, floatfmt=".4g", missingval="—")
+    if table["fit_cold_s"].isna().any():
+        markdown += (
+            "\n\nfit_cold_s —: the method's cache was already filled (by an earlier run, or by another"
+            " config sharing the same inputs), so no cold fit was measured for that row."
+        )
     md_path.write_text(markdown + "\n")
     return csv_path, md_path, markdown

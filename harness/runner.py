@@ -127,14 +127,15 @@ class ResolvedSpec:
     @property
     def run_id(self) -> str:
         """Stable id of what is computed (not of where it is written or how it is timed)."""
-        return stable_hash({
-            "task": [self.task.name, self.task.version, self.task.config.to_dict()],
-            "method": [self.method.name, self.method.version, self.method.config.to_dict()],
-            "metrics": sorted(
-                [m.name, m.version, m.config.to_dict()] for m in self.metrics
-            ),
-            "seed": self.spec.seed,
-        }, length=20)
+        return stable_hash(
+            {
+                "task": [self.task.name, self.task.version, self.task.config.to_dict()],
+                "method": [self.method.name, self.method.version, self.method.config.to_dict()],
+                "metrics": sorted([m.name, m.version, m.config.to_dict()] for m in self.metrics),
+                "seed": self.spec.seed,
+            },
+            length=20,
+        )
 
     def record_path(self) -> Path:
         return Path(self.spec.results_dir) / "records" / f"{self.run_id}.json"
@@ -214,10 +215,12 @@ def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([
-            model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu()
-            for i in range(0, len(x), batch_size)
-        ])
+        return torch.cat(
+            [
+                model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu()
+                for i in range(0, len(x), batch_size)
+            ]
+        )
 
 
 # =============================================================================================
@@ -232,8 +235,7 @@ def method_label(method: Method) -> str:
     return f"{method.name}(" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
 
 
-def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int,
-                device: torch.device) -> Tensor:
+def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, device: torch.device) -> Tensor:
     import torch
 
     parts = [
@@ -314,9 +316,15 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     targets = predict(model, test_x, spec.timing.batch_size)
     test_accuracy = float((targets == data.test.y).to(torch.float64).mean())
     record["task"].update(
-        n_train=len(data.train), n_test=len(data.test), num_classes=data.num_classes,
-        model={"key": model_info["key"], "cached": model_info["cached"],
-               "test_accuracy": test_accuracy, "history": model_info["history"]},
+        n_train=len(data.train),
+        n_test=len(data.test),
+        num_classes=data.num_classes,
+        model={
+            "key": model_info["key"],
+            "cached": model_info["cached"],
+            "test_accuracy": test_accuracy,
+            "history": model_info["history"],
+        },
     )
     timings: dict[str, Any] = {"model_s": model_info["seconds"]}
     record["timings"] = timings
@@ -376,8 +384,13 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
 
     # --- metrics: one failing metric is recorded as failed; the others still run.
     context = MetricContext(
-        data=data, model=model, explanations=explanations, targets=targets,
-        self_influence=self_influence, cache=cache.scope("metrics"), device=device,
+        data=data,
+        model=model,
+        explanations=explanations,
+        targets=targets,
+        self_influence=self_influence,
+        cache=cache.scope("metrics"),
+        device=device,
     )
     timings["metrics_s"] = {}
     for metric in resolved.metrics:
@@ -386,11 +399,17 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
         )
 
 
-def _run_metric(metric: Metric, ctx: MetricContext, variant: str,
-                supports: frozenset[str]) -> tuple[dict[str, Any], float | None]:
+def _run_metric(
+    metric: Metric, ctx: MetricContext, variant: str, supports: frozenset[str]
+) -> tuple[dict[str, Any], float | None]:
     entry: dict[str, Any] = {
-        "value": None, "direction": metric.direction, "version": metric.version,
-        "config": metric.config.to_dict(), "details": {}, "status": "failed", "error": None,
+        "value": None,
+        "direction": metric.direction,
+        "version": metric.version,
+        "config": metric.config.to_dict(),
+        "details": {},
+        "status": "failed",
+        "error": None,
     }
     try:
         metric.check_applicable(variant, supports)
@@ -398,8 +417,11 @@ def _run_metric(metric: Metric, ctx: MetricContext, variant: str,
     except Exception as err:  # recorded; the other metrics go on
         level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
         log.log(level, "metric %s failed: %s", metric.name, err)
-        entry["error"] = {"type": type(err).__name__, "message": str(err),
-                          "traceback": traceback.format_exc()}
+        entry["error"] = {
+            "type": type(err).__name__,
+            "message": str(err),
+            "traceback": traceback.format_exc(),
+        }
         return entry, None
     entry.update(value=float(result.value), details=result.details, status="ok")
     return entry, timing.seconds
@@ -457,11 +479,13 @@ def run_grid(
     force: bool = False,
     progress: bool | None = None,
     on_record: Callable[[dict[str, Any], Path], None] | None = None,
+    on_start: Callable[[int, int, str], None] | None = None,
 ) -> GridOutcome:
     """Run every spec whose record is missing or failed (all of them with ``force``).
 
     Records are written one by one as runs finish, so an interrupted grid loses at most the run in
-    flight and a rerun picks up where it stopped.
+    flight and a rerun picks up where it stopped. ``on_start(index, total, what)`` is called before
+    each run that is not skipped; ``on_record(record, path)`` after each written record.
     """
     from tqdm.auto import tqdm
 
@@ -469,12 +493,15 @@ def run_grid(
     resolved = preflight(specs)
     outcome = GridOutcome()
     bar = tqdm(resolved, desc="runs", unit="run", disable=None if progress is None else not progress)
-    for item in bar:
+    for index, item in enumerate(bar, start=1):
         path = item.record_path()
-        bar.set_postfix_str(f"{item.method.name} on {item.task.name}/{item.task.config.variant}")
+        what = f"{item.method.name} on {item.task.name}/{item.task.config.variant}"
+        bar.set_postfix_str(what)
         if not force and existing_status(path) == "ok":
             outcome.skipped.append(path)
             continue
+        if on_start is not None:
+            on_start(index, len(resolved), what)
         record = run_one(item.spec)
         written = records.write_record(record, path.parent)
         (outcome.written if record["status"] == "ok" else outcome.failed).append(written)

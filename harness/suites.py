@@ -15,8 +15,9 @@ from harness.runner import ComponentSpec, RunSpec, TimingConfig, expand
 SIMILARITIES = ("dot", "cos", "l2")
 
 
-def _mnist_std(n_train: int | None, n_test: int, preset: str, timing: TimingConfig,
-               **paths: str) -> list[RunSpec]:
+def _mnist_std(
+    n_train: int | None, n_test: int, preset: str, timing: TimingConfig, **paths: str
+) -> list[RunSpec]:
     overrides = (("variant", "std"), ("n_test", n_test)) + (
         (("n_train", n_train),) if n_train is not None else ()
     )

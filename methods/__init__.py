@@ -6,9 +6,18 @@ imports torch, so `dabench list methods` stays instant.
 
 from harness.registry import METHODS
 
-METHODS.add("random", "methods.random_baseline:RandomAttribution",
-            "Seeded uniform random scores: the floor every method must beat.")
-METHODS.add("feature_similarity", "methods.similarity:FeatureSimilarity",
-            "Dot/cos/l2 similarity of penultimate features, signed by label agreement (paper appx).")
-METHODS.add("input_similarity", "methods.similarity:InputSimilarity",
-            "Dot/cos/l2 similarity of raw inputs, signed by label agreement (paper appx).")
+METHODS.add(
+    "random",
+    "methods.random_baseline:RandomAttribution",
+    "Seeded uniform random scores: the floor every method must beat.",
+)
+METHODS.add(
+    "feature_similarity",
+    "methods.similarity:FeatureSimilarity",
+    "Dot/cos/l2 similarity of penultimate features, signed by label agreement (paper appx).",
+)
+METHODS.add(
+    "input_similarity",
+    "methods.similarity:InputSimilarity",
+    "Dot/cos/l2 similarity of raw inputs, signed by label agreement (paper appx).",
+)

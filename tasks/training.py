@@ -109,21 +109,30 @@ def train_classifier(
     device = torch.device(device)
     model.to(device)
     x_dev, y_dev = x.to(device), y.to(device=device, dtype=torch.long)
-    opt = make_optimizer(
-        optimizer, model.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum
-    )
+    opt = make_optimizer(optimizer, model.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(generator_seed)
     batches_per_epoch = math.ceil(n / batch_size)
 
     history: dict[str, Any] = {
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-        "optimizer": optimizer, "loss": [], "train_accuracy": [], "epoch_seconds": [],
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "optimizer": optimizer,
+        "loss": [],
+        "train_accuracy": [],
+        "epoch_seconds": [],
     }
     model.train()
     start = time.perf_counter()
-    with tqdm(total=epochs * batches_per_epoch, desc=progress_desc or "train", unit="batch",
-              disable=None, leave=False) as bar:
+    with tqdm(
+        total=epochs * batches_per_epoch,
+        desc=progress_desc or "train",
+        unit="batch",
+        disable=None,
+        leave=False,
+    ) as bar:
         for epoch in range(1, epochs + 1):
             epoch_start = time.perf_counter()
             order = torch.randperm(n, generator=generator).to(device)
@@ -145,16 +154,27 @@ def train_classifier(
             history["train_accuracy"].append(int(correct) / n)
             history["epoch_seconds"].append(time.perf_counter() - epoch_start)
             bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.4f}")
-            log.debug("%s epoch %d/%d: loss %.4f, train accuracy %.4f", progress_desc or "train",
-                      epoch, epochs, epoch_loss, history["train_accuracy"][-1])
+            log.debug(
+                "%s epoch %d/%d: loss %.4f, train accuracy %.4f",
+                progress_desc or "train",
+                epoch,
+                epochs,
+                epoch_loss,
+                history["train_accuracy"][-1],
+            )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
     history["seconds"] = time.perf_counter() - start
     history["steps"] = epochs * batches_per_epoch
     model.eval()
-    log.info("%s: %d epochs in %.1f s, final loss %.4f, train accuracy %.4f",
-             progress_desc or "train", epochs, history["seconds"], history["loss"][-1],
-             history["train_accuracy"][-1])
+    log.info(
+        "%s: %d epochs in %.1f s, final loss %.4f, train accuracy %.4f",
+        progress_desc or "train",
+        epochs,
+        history["seconds"],
+        history["loss"][-1],
+        history["train_accuracy"][-1],
+    )
     return history
 
 

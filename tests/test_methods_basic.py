@@ -101,9 +101,7 @@ def test_random_distributions_have_their_moments(setup, tmp_path: Path) -> None:
     targets = torch.zeros(2, dtype=torch.long)
     uniform = _fitted("random", model, big, Cache(tmp_path)).explain(x, targets).double()
     normal = (
-        _fitted("random", model, big, Cache(tmp_path), distribution="normal")
-        .explain(x, targets)
-        .double()
+        _fitted("random", model, big, Cache(tmp_path), distribution="normal").explain(x, targets).double()
     )
     assert abs(uniform.mean()) < 0.03 and abs(uniform.var() - 1 / 3) < 0.02
     assert abs(normal.mean()) < 0.05 and abs(normal.var() - 1.0) < 0.05

@@ -14,12 +14,33 @@ from harness.registry import METHODS, METRICS, TASKS, Registry, RegistryError
 # Names the issues fixed for later work; each registry must hold exactly the ones built so far,
 # and never a name outside this list.
 PLANNED = {
-    "method": {"random", "feature_similarity", "input_similarity", "dualda", "lissa", "arnoldi",
-               "ekfac", "tracin", "graddot", "gradcos", "trak", "representer"},
+    "method": {
+        "random",
+        "feature_similarity",
+        "input_similarity",
+        "dualda",
+        "lissa",
+        "arnoldi",
+        "ekfac",
+        "tracin",
+        "graddot",
+        "gradcos",
+        "trak",
+        "representer",
+    },
     "task": {"toy", "mnist", "cifar10", "awa2"},
-    "metric": {"class_detection", "subclass_detection", "shortcut_detection", "mislabel_detection",
-               "lds", "coreset_selection", "data_pruning", "sparsity", "topk_cardinality",
-               "model_randomization"},
+    "metric": {
+        "class_detection",
+        "subclass_detection",
+        "shortcut_detection",
+        "mislabel_detection",
+        "lds",
+        "coreset_selection",
+        "data_pruning",
+        "sparsity",
+        "topk_cardinality",
+        "model_randomization",
+    },
 }
 
 

@@ -118,8 +118,9 @@ def test_failing_metric_is_recorded_and_others_still_run(tmp_path: Path) -> None
     if "exploding_test_metric" not in METRICS:
         METRICS.add("exploding_test_metric", Exploding, "raises, for a test")
     spec = _spec(tmp_path)
-    spec = RunSpec(**{**spec.__dict__, "metrics": (ComponentSpec("exploding_test_metric"),
-                                                   ComponentSpec("sparsity"))})
+    spec = RunSpec(
+        **{**spec.__dict__, "metrics": (ComponentSpec("exploding_test_metric"), ComponentSpec("sparsity"))}
+    )
     record = run_one(spec)
     assert record["status"] == "ok"
     assert record["metrics"]["exploding_test_metric"]["status"] == "failed"
@@ -151,8 +152,14 @@ def test_cache_key_conflict_is_an_error(tmp_path: Path) -> None:
 
 # ----- the command line: bad input and interruption -----------------------------------------
 def _dabench(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,12 +167,16 @@ def _dabench(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complete
     [
         (["--task", "toyy", "--methods", "random"], "unknown task 'toyy'; did you mean 'toy'"),
         (["--task", "toy", "--methods", "randm"], "did you mean 'random'"),
-        (["--task", "toy", "--methods", "random", "--metrics", "class_detect"],
-         "did you mean 'class_detection'"),
+        (
+            ["--task", "toy", "--methods", "random", "--metrics", "class_detect"],
+            "did you mean 'class_detection'",
+        ),
         (["--task", "toy", "--method", "random:sed=1"], "unknown config key(s) ['sed']"),
         (["--task", "toy", "--methods", "random", "--n-test", "100000"], "--n-test"),
-        (["--task", "toy", "--methods", "random", "--data-root", "/no/such/dir"],
-         "data directory '/no/such/dir' does not exist"),
+        (
+            ["--task", "toy", "--methods", "random", "--data-root", "/no/such/dir"],
+            "data directory '/no/such/dir' does not exist",
+        ),
         (["--task", "toy", "--methods", "random", "--variant", "nope"], "has no variant 'nope'"),
     ],
 )
@@ -181,11 +192,31 @@ def test_bad_input_is_a_one_line_error_with_no_files(args, message, tmp_path: Pa
 
 def test_interrupted_grid_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     seeds = ",".join(str(s) for s in range(6))
-    args = ["run", "--task", "toy", "--methods", "random,input_similarity", "--seeds", seeds,
-            "--metrics", "sparsity", "--repeats", "1", "--results-dir", "res", "--cache-dir", "c"]
+    args = [
+        "run",
+        "--task",
+        "toy",
+        "--methods",
+        "random,input_similarity",
+        "--seeds",
+        seeds,
+        "--metrics",
+        "sparsity",
+        "--repeats",
+        "1",
+        "--results-dir",
+        "res",
+        "--cache-dir",
+        "c",
+    ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     records_dir = tmp_path / "res" / "records"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(records_dir.glob("*.json"))) < 2:

@@ -83,8 +83,16 @@ def _train_toy(init_seed: int, generator_seed: int) -> dict[str, torch.Tensor]:
     data = ToyTask().load()
     torch.manual_seed(init_seed)
     model = TinyMLP(8, 16, 3)
-    train_classifier(model, data.train.x, data.train.y, epochs=3, lr=0.01, batch_size=16,
-                     device=CPU, generator_seed=generator_seed)
+    train_classifier(
+        model,
+        data.train.x,
+        data.train.y,
+        epochs=3,
+        lr=0.01,
+        batch_size=16,
+        device=CPU,
+        generator_seed=generator_seed,
+    )
     return model.state_dict()
 
 
@@ -97,24 +105,42 @@ def test_training_is_deterministic_given_init_and_generator_seed() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
-     ({"optimizer": "lbfgs"}, "unknown optimizer")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+    ],
 )
 def test_train_classifier_rejects_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
-    args: dict[str, Any] = {"epochs": 1, "lr": 0.01, "batch_size": 4, "device": CPU,
-                            "generator_seed": 0, **kwargs}
+    args: dict[str, Any] = {
+        "epochs": 1,
+        "lr": 0.01,
+        "batch_size": 4,
+        "device": CPU,
+        "generator_seed": 0,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=match):
-        train_classifier(TinyMLP(2, 3, 2), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long),
-                         **args)
+        train_classifier(TinyMLP(2, 3, 2), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), **args)
 
 
 def test_train_classifier_with_sgd_lowers_the_loss() -> None:
     data = ToyTask().load()
     torch.manual_seed(0)
     model = TinyMLP(8, 16, 3)
-    history = train_classifier(model, data.train.x, data.train.y, epochs=10, lr=0.05,
-                               batch_size=8, optimizer="sgd", momentum=0.9, device=CPU,
-                               generator_seed=0)
+    history = train_classifier(
+        model,
+        data.train.x,
+        data.train.y,
+        epochs=10,
+        lr=0.05,
+        batch_size=8,
+        optimizer="sgd",
+        momentum=0.9,
+        device=CPU,
+        generator_seed=0,
+    )
     assert history["optimizer"] == "sgd"
     assert history["loss"][-1] < 0.5 * history["loss"][0]
 
@@ -130,10 +156,16 @@ def test_toy_n_train_n_test_cut_the_splits() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"n_test": 500},
-      r"--n-test 500 is larger than the toy test split \(24 points\); use --n-test <= 24"),
-     ({"n_train": 49},
-      r"--n-train 49 is larger than the toy train split \(48 points\); use --n-train <= 48")],
+    [
+        (
+            {"n_test": 500},
+            r"--n-test 500 is larger than the toy test split \(24 points\); use --n-test <= 24",
+        ),
+        (
+            {"n_train": 49},
+            r"--n-train 49 is larger than the toy train split \(48 points\); use --n-train <= 48",
+        ),
+    ],
 )
 def test_toy_too_large_sizes_raise_data_error(overrides: dict[str, int], message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -154,12 +186,15 @@ def test_toy_config_rejects_more_classes_than_dimensions() -> None:
 # =============================================================================================
 @pytest.mark.parametrize(
     ("model", "x", "feature_dim"),
-    [(BasicConv(num_classes=10), torch.randn(5, 1, 28, 28), 100),
-     (BasicConv(num_classes=5), torch.randn(3, 1, 28, 28), 100),
-     (TinyMLP(8, 16, 3), torch.randn(7, 8), 16)],
+    [
+        (BasicConv(num_classes=10), torch.randn(5, 1, 28, 28), 100),
+        (BasicConv(num_classes=5), torch.randn(3, 1, 28, 28), 100),
+        (TinyMLP(8, 16, 3), torch.randn(7, 8), 16),
+    ],
 )
-def test_forward_equals_classifier_of_features(model: torch.nn.Module, x: torch.Tensor,
-                                               feature_dim: int) -> None:
+def test_forward_equals_classifier_of_features(
+    model: torch.nn.Module, x: torch.Tensor, feature_dim: int
+) -> None:
     model.eval()
     features, classifier = feature_split(model)
     with torch.no_grad():
@@ -275,9 +310,10 @@ def test_mnist_n_train_is_a_fixed_prefix_independent_of_the_run_seed(mnist_full:
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"n_train": 60_001},
-      "--n-train 60001 is larger than the MNIST training set .*--n-train <= 60000"),
-     ({"n_test": 8_001}, "--n-test 8001 is larger than the MNIST test split .*--n-test <= 8000")],
+    [
+        ({"n_train": 60_001}, "--n-train 60001 is larger than the MNIST training set .*--n-train <= 60000"),
+        ({"n_test": 8_001}, "--n-test 8001 is larger than the MNIST test split .*--n-test <= 8000"),
+    ],
 )
 def test_mnist_too_large_sizes_raise_data_error(overrides: dict[str, int], message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -302,9 +338,7 @@ def test_mnist_presets_and_config_validation() -> None:
 
 @pytest.mark.slow
 def test_mnist_basic_conv_learns_from_a_small_subset() -> None:
-    task = mnist_module.MNISTTask(
-        mnist_module.MNISTConfig(n_train=2000, n_test=1000, epochs=2, lr=2e-3)
-    )
+    task = mnist_module.MNISTTask(mnist_module.MNISTConfig(n_train=2000, n_test=1000, epochs=2, lr=2e-3))
     data = task.load()
     torch.manual_seed(0)
     trained = task.train_model(task.build_model(), data, device=CPU)

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from harness.config import Config, ConfigError, option
 from harness.measures import sparsity_summary
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +68,7 @@ class Sparsity(Metric):
         explanations = ctx.explanations
         if explanations.ndim != 2 or explanations.shape[0] == 0 or explanations.shape[1] == 0:
             raise DataError(
-                f"sparsity needs a non-empty (n_test, n_train) matrix, got "
-                f"{tuple(explanations.shape)}"
+                f"sparsity needs a non-empty (n_test, n_train) matrix, got {tuple(explanations.shape)}"
             )
         try:
             details = sparsity_summary(explanations, eps, ctx.device)
