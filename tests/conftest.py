@@ -31,3 +31,23 @@ def toy_setup(tmp_path_factory: pytest.TempPathFactory):
     cache = Cache(tmp_path_factory.mktemp("toy-cache"))
     model, _ = get_or_train_model(task, data, seed=0, cache=cache, device=select_device())
     return task, data, model
+
+
+@pytest.fixture(scope="session")
+def mnist_small_setup(tmp_path_factory: pytest.TempPathFactory):
+    """(task, data, model) for MNIST on 2,000 training and 200 test points, quick preset, seed 0.
+
+    Real data and a real BasicConv (about 95% test accuracy), trained once per session in a few
+    seconds: the fixture for tests that need the embedded task's own features.
+    """
+    from harness.cache import Cache
+    from harness.registry import TASKS
+    from harness.runner import get_or_train_model, load_task_data, select_device
+
+    task_cls = TASKS.get("mnist")
+    config = task_cls.Config.from_dict({"n_train": 2000, "n_test": 200}, base=task_cls.Config.quick())
+    task = task_cls(config)
+    data = load_task_data(task)
+    cache = Cache(tmp_path_factory.mktemp("mnist-cache"))
+    model, _ = get_or_train_model(task, data, seed=0, cache=cache, device=select_device())
+    return task, data, model

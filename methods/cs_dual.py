@@ -1,0 +1,486 @@
+"""Crammer–Singer multi-class linear SVM, solved in the dual: the engine of DualDA.
+
+Problem (Crammer & Singer, JMLR 2001; the form liblinear and scikit-learn's
+``LinearSVC(multi_class="crammer_singer")`` solve). Training points ``x_i`` in R^d, labels
+``y_i`` in {0..k-1}, ``z_i = [x_i, s]`` the point with a constant bias feature ``s``
+(``bias_scale``; 0 disables the bias). The primal is
+
+    min_W  1/2 sum_m ||W_m||^2 + C sum_i max_m (e_i^m + W_m . z_i - W_{y_i} . z_i),
+
+with ``e_i^m = 1 - [m == y_i]``; the bias is regularised like any weight (liblinear with
+``intercept_scaling = s``). Its dual (DualXDA paper, ../shared/reference/dualxda-paper.md) is
+
+    min_alpha  f(alpha) = 1/2 sum_m ||W_m||^2 + sum_i sum_m e_i^m alpha_i^m,   W_m = sum_i alpha_i^m z_i
+    s.t.       sum_m alpha_i^m = 0,   alpha_i^m <= C [m == y_i]   for every i,
+
+so ``alpha_i^{y_i}`` lies in [0, C] and every other ``alpha_i^m`` is <= 0. The primal optimum W is
+unique; alpha need not be.
+
+Algorithm: the sequential dual method (Keerthi, Sundararajan, Chang, Hsieh, Lin, KDD 2008). Each
+pass visits the training points in a seeded random order and solves the k-variable sub-problem of
+one point exactly, with W kept up to date. With ``G_i^m = W_m . z_i + e_i^m`` (the gradient of f
+in alpha_i^m), alpha_i is optimal for its sub-problem iff for some beta every class below its bound
+has ``G_i^m = beta`` and every class at its bound has ``G_i^m <= beta``; the *violation* of point i
+is ``max_m G_i^m - min_{m: alpha_i^m < C_m} G_i^m`` (<= 0 when optimal). The solver stops when the
+largest violation of a pass over all points is below ``tol`` (scikit-learn's ``tol`` means the same).
+
+Sub-problem (derived here): with ``A = ||z_i||^2``, ``B_m = G_i^m - A alpha_i^m`` and the
+classes S still active for point i (the others sit at their bound), minimise
+``sum_{m in S} A/2 a_m^2 + B_m a_m`` subject to ``a_m <= C_m`` and ``sum_{m in S} a_m = T`` (T =
+minus the sum over the shrunk classes, so the row sums to 0). Stationarity gives
+``a_m = min(C_m, (beta - B_m) / A)``; with ``D_m = B_m + A C_m`` the constraint reads
+``sum_S min(D_m, beta) = A T + sum_S B_m``, a piecewise-linear increasing equation in beta. With D
+sorted in decreasing order and exactly the r largest D above beta,
+``beta_r = (A T + sum_S B_m - sum_{j >= r} D_(j)) / r``; the answer is the first r with
+``beta_r >= D_(r)``.
+
+Shrinking (on by default; the same fixed point without it): a class at its bound whose gradient
+is below the free classes' minimum is dropped from that point's sub-problem, and a point with one
+active class is dropped from the pass. When a pass over the shrunk problem meets a loosened
+tolerance, everything is reactivated and checked again; the solver only stops after a pass over
+ALL points and classes meets ``tol``.
+
+The loops are compiled with numba (``cache=True``: compiled once per machine). Features may be
+float32 or float64; every dot product, W and alpha are float64.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from harness.protocols import DataError
+
+log = logging.getLogger(__name__)
+
+_UPDATE_FLOOR = 1e-14  # alpha changes smaller than this leave W untouched
+# Reassociation lets LLVM vectorise the dot products; no "nnan"/"ninf": the loops use +-inf sentinels.
+_FAST = {"reassoc", "contract", "nsz"}
+
+
+@dataclass(frozen=True)
+class CSDualSolution:
+    """What :func:`solve_cs_dual` returns.
+
+    Attributes
+    ----------
+    alpha: (n, k) float64 dual variables; row i sums to 0, ``alpha[i, y_i]`` in [0, C], others <= 0.
+    weights: (k, d) float64 primal weights ``W_m = sum_i alpha_i^m x_i`` (bias column excluded).
+    bias: (k,) float64 ``bias_scale * sum_i alpha_i^m`` (the bias' weight times its feature value).
+    iterations: passes over the (active) training points.
+    max_violation: largest KKT violation over all points and classes at the returned alpha.
+    primal_objective, dual_objective: P(W) and -f(alpha); ``duality_gap = P - (-f) >= 0``.
+    converged: ``max_violation < tol`` before ``max_iter`` passes.
+    seconds: wall time of the solve (compilation excluded after the first call).
+    """
+
+    alpha: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    iterations: int
+    max_violation: float
+    primal_objective: float
+    dual_objective: float
+    converged: bool
+    seconds: float
+    C: float
+    tol: float
+    bias_scale: float
+
+    @property
+    def duality_gap(self) -> float:
+        return self.primal_objective - self.dual_objective
+
+    @property
+    def n_support(self) -> int:
+        """Training points with a non-zero alpha row (the only ones DualDA attributes to)."""
+        return int(np.count_nonzero(np.any(self.alpha != 0.0, axis=1)))
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """``(n, k)`` scores ``x W^T + bias`` of the surrogate SVM."""
+        return np.asarray(x, dtype=np.float64) @ self.weights.T + self.bias
+
+
+def solve_cs_dual(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    C: float,
+    num_classes: int | None = None,
+    tol: float = 1e-4,
+    max_iter: int = 100_000,
+    shrinking: bool = True,
+    bias_scale: float = 1.0,
+    seed: int = 0,
+) -> CSDualSolution:
+    """Solve the Crammer–Singer dual (see the module docstring).
+
+    Parameters
+    ----------
+    x:
+        ``(n, d)`` float32 or float64 features (copied to C order if they are not).
+    y:
+        ``(n,)`` integer labels in ``0..num_classes-1``.
+    C:
+        Box bound of ``alpha_i^{y_i}`` (scikit-learn's ``C``); must be > 0.
+    num_classes:
+        k; ``max(y) + 1`` when omitted. Classes without points are allowed (their W_m is 0 up to the
+        pushes from other points' alphas).
+    tol:
+        Stop when the largest KKT violation of a full pass is below this.
+    max_iter:
+        Most passes; on reaching it, ``converged`` is False and a warning is logged.
+    shrinking:
+        Drop bound classes and settled points from passes (faster, same optimum).
+    bias_scale:
+        Value of the appended constant feature (liblinear's ``intercept_scaling``); 0 = no bias.
+    seed:
+        Seeds the visiting order: the same inputs and seed give bit-identical results.
+    """
+    x, y, k = _validated(
+        x, y, C=C, num_classes=num_classes, tol=tol, max_iter=max_iter, bias_scale=bias_scale
+    )
+    n, d = x.shape
+    alpha = np.zeros((n, k), dtype=np.float64)
+    weights = np.zeros((k, d), dtype=np.float64)
+    bias_w = np.zeros(k, dtype=np.float64)
+    sq_norms = _row_sq_norms(x) + bias_scale * bias_scale
+    start = time.perf_counter()
+    iterations, converged = _sdm(
+        x, y, k, float(C), float(tol), int(max_iter), bool(shrinking), float(bias_scale),
+        np.uint64(seed & 0xFFFFFFFFFFFFFFFF), sq_norms, alpha, weights, bias_w,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    violation = float(_max_violation(x, y, float(C), float(bias_scale), alpha, weights, bias_w))
+    primal, dual = _objectives(x, y, float(C), float(bias_scale), alpha, weights, bias_w)
+    if not converged:
+        log.warning(
+            "Crammer-Singer dual: no convergence in %d passes (largest KKT violation %.3g > tol %.3g); "
+            "raise max_iter or loosen tol",
+            iterations,
+            violation,
+            tol,
+        )
+    return CSDualSolution(
+        alpha=alpha,
+        weights=weights,
+        bias=bias_w * bias_scale,
+        iterations=int(iterations),
+        max_violation=violation,
+        primal_objective=float(primal),
+        dual_objective=float(dual),
+        converged=bool(converged),
+        seconds=seconds,
+        C=float(C),
+        tol=float(tol),
+        bias_scale=float(bias_scale),
+    )
+
+
+def _validated(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    C: float,
+    num_classes: int | None,
+    tol: float,
+    max_iter: int,
+    bias_scale: float,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked, contiguous inputs; every error names the problem and the fix."""
+    if not (isinstance(C, int | float) and math.isfinite(C) and C > 0):
+        raise ValueError(f"C must be a finite number > 0 (the paper's grid: 1e-5, 1e-3, 1e-1), got {C!r}")
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter!r}")
+    if not (bias_scale >= 0 and math.isfinite(bias_scale)):
+        raise ValueError(f"bias_scale must be >= 0 (0 = no bias), got {bias_scale!r}")
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 2:
+        raise DataError(f"features must be a 2-D (n, d) array, got shape {x.shape}; flatten them first")
+    if x.shape[0] == 0:
+        raise DataError("the training set is empty: the SVM needs at least one point of two classes")
+    if y.shape != (x.shape[0],):
+        raise DataError(f"labels must have shape ({x.shape[0]},) to match the features, got {y.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise DataError(
+            f"features hold NaN or inf in {bad.size} row(s) (first: {bad[:5].tolist()}); "
+            "check the feature extractor (a diverged model?) before fitting the SVM"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"labels must be integers 0..k-1, got dtype {y.dtype}")
+    k = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(
+            f"labels must lie in 0..{k - 1} (num_classes={k}), found values in [{y.min()}, {y.max()}]; "
+            "map them to consecutive integers from 0"
+        )
+    if np.unique(y).size < 2:
+        raise DataError(
+            f"all {y.size} training labels are {int(y[0])}: a classifier needs at least two classes"
+        )
+    return np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64), k
+
+
+# =============================================================================================
+# Compiled kernels
+# =============================================================================================
+@njit(cache=True, fastmath=_FAST)
+def _row_sq_norms(x):  # pragma: no cover - compiled
+    n, d = x.shape
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        acc = 0.0
+        for j in range(d):
+            v = np.float64(x[i, j])
+            acc += v * v
+        out[i] = acc
+    return out
+
+
+@njit(cache=True, fastmath=_FAST)
+def _splitmix64(state):  # pragma: no cover - compiled
+    """One step of splitmix64: (new state, 64 random bits)."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return state, z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, fastmath=_FAST)
+def _shuffle(order, count, state):  # pragma: no cover - compiled
+    """Fisher–Yates on order[:count]; returns the new generator state."""
+    for i in range(count - 1, 0, -1):
+        state, bits = _splitmix64(state)
+        j = np.int64(bits % np.uint64(i + 1))
+        order[i], order[j] = order[j], order[i]
+    return state
+
+
+@njit(cache=True, fastmath=_FAST)
+def _gradient(x, i, m, yi, weights, bias_w, bias_scale):  # pragma: no cover - compiled
+    """G_i^m = W_m . z_i + e_i^m."""
+    acc = bias_w[m] * bias_scale
+    row = x[i]
+    wm = weights[m]
+    for j in range(row.shape[0]):
+        acc += wm[j] * row[j]
+    if m != yi:
+        acc += 1.0
+    return acc
+
+
+@njit(cache=True, fastmath=_FAST)
+def _solve_sub_problem(a_norm, classes, n_active, yi, C, grad, alpha_i, new_alpha, d_buf):  # pragma: no cover
+    """Exact minimiser of the point's sub-problem over its active classes (module docstring)."""
+    # T, the sum the active classes must keep: minus that of the shrunk ones (recomputed, not carried
+    # over from the previous solve, so rounding errors do not accumulate in the row sums)
+    total = 0.0
+    for s in range(n_active, classes.shape[0]):
+        total -= alpha_i[classes[s]]
+    sum_b = 0.0
+    for s in range(n_active):
+        m = classes[s]
+        b = grad[s] - a_norm * alpha_i[m]
+        bound = C if m == yi else 0.0
+        d_buf[s] = b + a_norm * bound
+        sum_b += b
+    # insertion sort, decreasing (k is small)
+    for s in range(1, n_active):
+        v = d_buf[s]
+        t = s - 1
+        while t >= 0 and d_buf[t] < v:
+            d_buf[t + 1] = d_buf[t]
+            t -= 1
+        d_buf[t + 1] = v
+    rest = 0.0  # sum of D_(j) for j >= r
+    for s in range(n_active):
+        rest += d_buf[s]
+    target = a_norm * total + sum_b
+    beta = 0.0
+    for r in range(1, n_active + 1):
+        rest -= d_buf[r - 1]
+        beta = (target - rest) / r
+        if r == n_active or beta >= d_buf[r]:
+            break
+    for s in range(n_active):
+        m = classes[s]
+        b = grad[s] - a_norm * alpha_i[m]
+        bound = C if m == yi else 0.0
+        value = min(bound, (beta - b) / a_norm)
+        # alpha_i^{y_i} >= 0 follows from the other constraints; hold it exactly, not up to rounding
+        new_alpha[s] = max(0.0, value) if m == yi else value
+    # (beta - B_m) / A carries a rounding error of order eps |B_m| / A, large for a point of small
+    # norm; put the row's residual on the class farthest from its bound so the row sums to 0 up to
+    # one rounding of numbers of size C.
+    residual = -total
+    best = -1
+    room = -1.0
+    for s in range(n_active):
+        residual += new_alpha[s]
+        m = classes[s]
+        gap = (C if m == yi else 0.0) - new_alpha[s]
+        if gap > room:
+            room = gap
+            best = s
+    if best >= 0:
+        m = classes[best]
+        value = min(C if m == yi else 0.0, new_alpha[best] - residual)
+        new_alpha[best] = max(0.0, value) if m == yi else value
+
+
+@njit(cache=True, fastmath=_FAST)
+def _sdm(
+    x, y, k, C, tol, max_iter, shrinking, bias_scale, seed, sq_norms, alpha, weights, bias_w
+):  # pragma: no cover - compiled
+    n, d = x.shape
+    order = np.arange(n)
+    classes = np.empty((n, k), dtype=np.int64)
+    n_active = np.full(n, k, dtype=np.int64)
+    for i in range(n):
+        for m in range(k):
+            classes[i, m] = m
+    grad = np.empty(k)
+    new_alpha = np.empty(k)
+    d_buf = np.empty(k)
+    state = seed
+    active_points = n
+    loose_tol = max(10.0 * tol, 1.0) if shrinking else tol
+    all_active = True
+    iterations = 0
+    converged = False
+    while iterations < max_iter:
+        state = _shuffle(order, active_points, state)
+        worst = -np.inf
+        s_pt = 0
+        while s_pt < active_points:
+            i = order[s_pt]
+            yi = y[i]
+            a_norm = sq_norms[i]
+            cls = classes[i]
+            na = n_active[i]
+            if a_norm <= 0.0:  # all-zero point without bias: W never moves; alpha_i^y = C is optimal
+                alpha[i, yi] = C
+                for m in range(k):
+                    if m != yi:
+                        alpha[i, m] = -C / (k - 1)
+                order[s_pt] = order[active_points - 1]
+                order[active_points - 1] = i
+                active_points -= 1
+                continue
+            max_g = -np.inf
+            min_g = np.inf
+            for s in range(na):
+                m = cls[s]
+                g = _gradient(x, i, m, yi, weights, bias_w, bias_scale)
+                grad[s] = g
+                if g > max_g:
+                    max_g = g
+                bound = C if m == yi else 0.0
+                if alpha[i, m] < bound and g < min_g:
+                    min_g = g
+            if shrinking:
+                s = 0
+                while s < na:
+                    m = cls[s]
+                    bound = C if m == yi else 0.0
+                    if alpha[i, m] >= bound and grad[s] < min_g:
+                        na -= 1
+                        cls[s], cls[na] = cls[na], cls[s]
+                        grad[s], grad[na] = grad[na], grad[s]
+                    else:
+                        s += 1
+                n_active[i] = na
+                if na <= 1:
+                    order[s_pt] = order[active_points - 1]
+                    order[active_points - 1] = i
+                    active_points -= 1
+                    continue
+            violation = max_g - min_g
+            if violation > worst:
+                worst = violation
+            if violation > 1e-12:
+                _solve_sub_problem(a_norm, cls, na, yi, C, grad, alpha[i], new_alpha, d_buf)
+                row = x[i]
+                for s in range(na):
+                    m = cls[s]
+                    delta = new_alpha[s] - alpha[i, m]
+                    alpha[i, m] = new_alpha[s]
+                    if abs(delta) > _UPDATE_FLOOR:
+                        wm = weights[m]
+                        for j in range(d):
+                            wm[j] += delta * row[j]
+                        bias_w[m] += delta * bias_scale
+            s_pt += 1
+        iterations += 1
+        if worst < loose_tol:
+            if worst < tol and all_active:
+                converged = True
+                break
+            # reactivate everything and check the whole problem
+            active_points = n
+            for i in range(n):
+                n_active[i] = k
+            loose_tol = max(loose_tol / 2.0, tol)
+            all_active = True
+        elif shrinking:
+            all_active = False  # the next pass starts from the shrunk problem
+    return iterations, converged
+
+
+@njit(cache=True, fastmath=_FAST)
+def _max_violation(x, y, C, bias_scale, alpha, weights, bias_w):  # pragma: no cover - compiled
+    n = x.shape[0]
+    k = weights.shape[0]
+    worst = -np.inf
+    for i in range(n):
+        yi = y[i]
+        max_g = -np.inf
+        min_g = np.inf
+        for m in range(k):
+            g = _gradient(x, i, m, yi, weights, bias_w, bias_scale)
+            if g > max_g:
+                max_g = g
+            bound = C if m == yi else 0.0
+            if alpha[i, m] < bound and g < min_g:
+                min_g = g
+        if max_g - min_g > worst:
+            worst = max_g - min_g
+    return worst
+
+
+@njit(cache=True, fastmath=_FAST)
+def _objectives(x, y, C, bias_scale, alpha, weights, bias_w):  # pragma: no cover - compiled
+    """(primal P(W), dual -f(alpha)); P >= -f with equality at the optimum."""
+    n = x.shape[0]
+    k = weights.shape[0]
+    half_sq = 0.5 * (np.sum(weights * weights) + np.sum(bias_w * bias_w))
+    hinge = 0.0
+    sum_alpha_y = 0.0
+    for i in range(n):
+        yi = y[i]
+        g_y = _gradient(x, i, yi, yi, weights, bias_w, bias_scale)
+        worst = 0.0
+        for m in range(k):
+            if m != yi:
+                v = _gradient(x, i, m, yi, weights, bias_w, bias_scale) - g_y
+                if v > worst:
+                    worst = v
+        hinge += worst
+        sum_alpha_y += alpha[i, yi]
+    # f(alpha) = 1/2 ||W||^2 + sum_i sum_{m != y_i} alpha_i^m = 1/2 ||W||^2 - sum_i alpha_i^{y_i}
+    return half_sq + C * hinge, -(half_sq - sum_alpha_y)
