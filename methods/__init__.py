@@ -21,3 +21,8 @@ METHODS.add(
     "methods.similarity:InputSimilarity",
     "Dot/cos/l2 similarity of raw inputs, signed by label agreement (paper appx).",
 )
+METHODS.add(
+    "dualda",
+    "methods.dualda:DualDA",
+    "DualDA (the paper's): sparse attributions from a Crammer-Singer SVM's dual on the features.",
+)
