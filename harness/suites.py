@@ -13,6 +13,7 @@ from harness.config import ConfigError
 from harness.runner import ComponentSpec, RunSpec, TimingConfig, expand
 
 SIMILARITIES = ("dot", "cos", "l2")
+DUALDA_C_GRID = (1e-5, 1e-3, 1e-1)  # the paper's grid (methods.dualda.C_GRID; not imported: no torch here)
 
 
 def _mnist_std(
@@ -23,6 +24,7 @@ def _mnist_std(
     )
     task = ComponentSpec("mnist", overrides, preset)
     methods = [ComponentSpec("random", preset=preset)]
+    methods += [ComponentSpec("dualda", (("C", c),), preset) for c in DUALDA_C_GRID]
     for name in ("feature_similarity", "input_similarity"):
         methods += [ComponentSpec(name, (("metric", m),), preset) for m in SIMILARITIES]
     metrics = [ComponentSpec("class_detection"), ComponentSpec("sparsity")]

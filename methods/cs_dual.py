@@ -22,7 +22,9 @@ one point exactly, with W kept up to date. With ``G_i^m = W_m . z_i + e_i^m`` (t
 in alpha_i^m), alpha_i is optimal for its sub-problem iff for some beta every class below its bound
 has ``G_i^m = beta`` and every class at its bound has ``G_i^m <= beta``; the *violation* of point i
 is ``max_m G_i^m - min_{m: alpha_i^m < C_m} G_i^m`` (<= 0 when optimal). The solver stops when the
-largest violation of a pass over all points is below ``tol`` (scikit-learn's ``tol`` means the same).
+largest violation of a pass over all points is below ``tol`` (scikit-learn's ``tol`` means the same)
+AND, checked once more at the final alpha, still is: a pass checks each point before later points
+move W, so liblinear's rule alone can stop with a final violation above ``tol``.
 
 Sub-problem (derived here): with ``A = ||z_i||^2``, ``B_m = G_i^m - A alpha_i^m`` and the
 classes S still active for point i (the others sit at their bound), minimise
@@ -62,6 +64,9 @@ _UPDATE_FLOOR = 1e-14  # alpha changes smaller than this leave W untouched
 # Reassociation lets LLVM vectorise the dot products; no "nnan"/"ninf": the loops use +-inf sentinels.
 _FAST = {"reassoc", "contract", "nsz"}
 _BLOCK_BYTES = 128 * 1024  # rows visited together in a pass (see _sdm): about an L2 cache's share
+# After a shrunk phase meets its loose tolerance, everything is reactivated and the tolerance is
+# divided by this (liblinear halves it; 4 saves full passes, measured 1.3-1.8x faster at C <= 1e-3).
+_LOOSEN = 4.0
 _CACHE_BYTES = 4 * 1024 * 1024  # active rows that fit in cache are visited in a fully random order
 
 
@@ -502,7 +507,13 @@ def _sdm(
             active_points = kept
         iterations += 1
         if worst < loose_tol:
-            if worst < tol and all_active:
+            # A pass checks each point before later points move W, so its worst violation can
+            # understate the final one: confirm at the final alpha before stopping.
+            if (
+                worst < tol
+                and all_active
+                and _max_violation(x, y, C, bias_scale, alpha, weights, bias_w) < tol
+            ):
                 converged = True
                 break
             # reactivate everything and check the whole problem
@@ -510,7 +521,7 @@ def _sdm(
                 active[i] = i
                 n_active[i] = k
             active_points = n
-            loose_tol = max(loose_tol / 2.0, tol)
+            loose_tol = max(loose_tol / _LOOSEN, tol)
             all_active = True
         elif shrinking:
             all_active = False  # the next pass starts from the shrunk problem

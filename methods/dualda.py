@@ -141,7 +141,7 @@ class DualDA(Method):
         self.alpha_: Tensor | None = None  # (n_train, k) float64, CPU
         self.support_: Tensor | None = None  # (n_support,) long, model device
         self.support_features_: Tensor | None = None  # (n_support, d) float32, model device
-        self.support_alpha_: Tensor | None = None  # (n_support, k) float32, model device
+        self.support_alpha_: Tensor | None = None  # (k, n_support) float32, model device
         self.train_sq_norms_: Tensor | None = None  # (n_train,) float64, CPU
         self.train_labels_: Tensor | None = None  # (n_train,) long, CPU
         self.weights_: Tensor | None = None  # (k, d) float64, CPU: W = alpha^T phi
@@ -200,7 +200,8 @@ class DualDA(Method):
         self.alpha_ = t["alpha"]
         self.support_ = t["support"].to(device)
         self.support_features_ = t["support_features"].to(device=device, dtype=torch.float32)
-        self.support_alpha_ = t["alpha"][t["support"]].to(device=device, dtype=torch.float32)
+        # (k, n_support): row c holds alpha_S^c, so picking one row per test point is contiguous
+        self.support_alpha_ = t["alpha"][t["support"]].T.contiguous().to(device=device, dtype=torch.float32)
         self.train_sq_norms_ = t["sq_norms"]
         self.train_labels_ = t["labels"]
         self.weights_, self.bias_ = t["weights"], t["bias"]
@@ -270,11 +271,11 @@ class DualDA(Method):
         targets = targets.to(self.support_alpha_.device).long().reshape(-1)
         if targets.shape[0] != phi.shape[0]:
             raise DataError(f"DualDA: {phi.shape[0]} test points but {targets.shape[0]} targets")
-        k = self.support_alpha_.shape[1]
+        k = self.support_alpha_.shape[0]
         if targets.numel() and (targets.min() < 0 or targets.max() >= k):
             raise DataError(f"DualDA: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}")
-        inner = phi.float() @ self.support_features_.T  # (n_test, n_support)
-        values = inner * self.support_alpha_.T[targets]  # alpha_S^{c_j}, broadcast per row
+        values = phi.float() @ self.support_features_.T  # (n_test, n_support) inner products
+        values.mul_(self.support_alpha_[targets])  # times alpha_S^{c_j}, in place (one pass less)
         return SparseAttributions(self.support_, values, int(self.alpha_.shape[0]))
 
     def explain_sparse(self, x: Tensor, targets: Tensor) -> SparseAttributions:

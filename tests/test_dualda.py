@@ -47,6 +47,11 @@ def test_registered_under_its_paper_name() -> None:
     assert METHODS.get("dualda") is DualDA
     assert DualDA.supports == {"self_influence", "sparse", "cache"}
     assert [c.C for c in DualDAConfig.grid()] == list(C_GRID) == [1e-5, 1e-3, 1e-1]
+    from harness.suites import DUALDA_C_GRID, get_suite
+
+    assert DUALDA_C_GRID == C_GRID
+    in_suite = [dict(s.method.overrides)["C"] for s in get_suite("quick") if s.method.name == "dualda"]
+    assert in_suite == list(C_GRID)
 
 
 def test_attributions_equal_the_dual_formula(mnist_fitted) -> None:
