@@ -466,6 +466,7 @@ def _sdm(
     d_buf = np.empty(k)
     state = seed
     active_points = n
+    pass_tol = tol
     loose_tol = max(10.0 * tol, 1.0) if shrinking else tol
     all_active = True
     iterations = 0
@@ -507,21 +508,20 @@ def _sdm(
             active_points = kept
         iterations += 1
         if worst < loose_tol:
-            # A pass checks each point before later points move W, so its worst violation can
-            # understate the final one: confirm at the final alpha before stopping.
-            if (
-                worst < tol
-                and all_active
-                and _max_violation(x, y, C, bias_scale, alpha, weights, bias_w) < tol
-            ):
-                converged = True
-                break
+            if worst < pass_tol and all_active:
+                # A pass checks each point before later points move W, so its worst violation
+                # can understate the final one: confirm at the final alpha before stopping, and
+                # demand more of the passes when the confirmation fails.
+                if _max_violation(x, y, C, bias_scale, alpha, weights, bias_w) < tol:
+                    converged = True
+                    break
+                pass_tol /= 2.0
             # reactivate everything and check the whole problem
             for i in range(n):
                 active[i] = i
                 n_active[i] = k
             active_points = n
-            loose_tol = max(loose_tol / _LOOSEN, tol)
+            loose_tol = max(loose_tol / _LOOSEN, pass_tol)
             all_active = True
         elif shrinking:
             all_active = False  # the next pass starts from the shrunk problem
