@@ -191,11 +191,46 @@ class TaskConfig(Config):
 
 
 @dataclass
+class Checkpoint:
+    """Weights saved during training (after ``epoch``) and the learning rate then in force.
+
+    TracIn sums over checkpoints, each weighted by its learning rate (DualXDA paper's setting).
+    """
+
+    epoch: int
+    lr: float
+    state: dict[str, Tensor]
+
+
+@dataclass
 class TrainedModel:
-    """A trained model and how it was trained."""
+    """A trained model, how it was trained, and the checkpoints kept on the way (oldest first)."""
 
     model: nn.Module
     history: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+
+#: Attribute under which the harness attaches the training checkpoints to a loaded model.
+CHECKPOINTS_ATTR = "training_checkpoints"
+
+
+def training_checkpoints(model: nn.Module) -> list[Checkpoint]:
+    """The checkpoints kept while ``model`` was trained (oldest first; the last is the final model).
+
+    Raises
+    ------
+    CapabilityError
+        When the model carries none: the task's ``train_model`` must return them
+        (``TrainedModel(checkpoints=...)``; :func:`tasks.training.checkpoint_keeper` builds them).
+    """
+    checkpoints = getattr(model, CHECKPOINTS_ATTR, None)
+    if not checkpoints:
+        raise CapabilityError(
+            f"model {type(model).__name__} carries no training checkpoints; load it through the harness "
+            "(get_or_train_model) from a task whose train_model returns TrainedModel(checkpoints=...)"
+        )
+    return list(checkpoints)
 
 
 class Task(ABC):

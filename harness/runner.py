@@ -24,7 +24,9 @@ from harness.cache import Artefact, Cache
 from harness.config import Config, ConfigError, option, stable_hash
 from harness.measures import sparsity_summary
 from harness.protocols import (
+    CHECKPOINTS_ATTR,
     CapabilityError,
+    Checkpoint,
     Method,
     Metric,
     MetricContext,
@@ -179,6 +181,7 @@ def model_key(task: Task, data: TaskData, seed: int) -> dict[str, Any]:
         "train_data": data.train.fingerprint(),
         "training": task.training_config(),
         "seed": seed,
+        "stored": "weights+checkpoints",
     }
 
 
@@ -194,13 +197,26 @@ def get_or_train_model(
         seed_everything(seed)
         model = task.build_model().to(device)
         trained: TrainedModel = task.train_model(model, data, device=device)
-        state = {k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()}
-        return Artefact(tensors=state, meta={"history": trained.history})
+        tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in trained.model.state_dict().items()}
+        for i, checkpoint in enumerate(trained.checkpoints):
+            tensors.update(
+                {f"checkpoint{i}.{k}": v.detach().cpu().clone() for k, v in checkpoint.state.items()}
+            )
+        checkpoints = [{"epoch": c.epoch, "lr": c.lr} for c in trained.checkpoints]
+        return Artefact(tensors=tensors, meta={"history": trained.history, "checkpoints": checkpoints})
 
     (artefact, timing) = timed(lambda: store.get_or_create(key, train))
     model = task.build_model()
-    model.load_state_dict(artefact.tensors)
+    model.load_state_dict(_with_prefix(artefact.tensors, "model."))
     model = model.to(device).eval()
+    setattr(
+        model,
+        CHECKPOINTS_ATTR,
+        [
+            Checkpoint(epoch=c["epoch"], lr=c["lr"], state=_with_prefix(artefact.tensors, f"checkpoint{i}."))
+            for i, c in enumerate(artefact.meta.get("checkpoints", []))
+        ],
+    )
     info = {
         "key": stable_hash(key, length=24),
         "cached": cached,
@@ -208,6 +224,10 @@ def get_or_train_model(
         "history": artefact.meta.get("history", {}),
     }
     return model, info
+
+
+def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, Task, TaskConfig, TaskData, TrainedModel
 from tasks.models import BasicConv
-from tasks.training import OPTIMIZERS, OptimizerName, accuracy, train_classifier
+from tasks.training import OPTIMIZERS, OptimizerName, accuracy, checkpoint_keeper, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ class MNISTTask(Task):
         cfg = self.config
         # Drawn from torch's global generator, which the harness seeded with the run seed.
         generator_seed = int(torch.randint(0, 2**62, ()).item())
+        checkpoints, keep = checkpoint_keeper(cfg.lr)  # one per epoch (constant learning rate)
         history: dict[str, Any] = train_classifier(
             model,
             data.train.x,
@@ -279,10 +280,11 @@ class MNISTTask(Task):
             device=device,
             generator_seed=generator_seed,
             progress_desc=f"mnist/{cfg.variant}",
+            on_epoch_end=keep,
         )
         history["val_accuracy"] = accuracy(model, data.val.x, data.val.y)
         log.info("mnist/%s: validation accuracy %.4f", cfg.variant, history["val_accuracy"])
-        return TrainedModel(model=model, history=history)
+        return TrainedModel(model=model, history=history, checkpoints=checkpoints)
 
 
 def _check_size(n: int | None, available: int, flag: str, what: str) -> None:

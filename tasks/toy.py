@@ -22,7 +22,7 @@ from torch import nn
 from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, Task, TaskConfig, TaskData, TrainedModel
 from tasks.models import TinyMLP
-from tasks.training import OPTIMIZERS, OptimizerName, accuracy, train_classifier
+from tasks.training import OPTIMIZERS, OptimizerName, accuracy, checkpoint_keeper, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class ToyTask(Task):
         cfg = self.config
         # Drawn from torch's global generator, which the harness seeded with the run seed.
         generator_seed = int(torch.randint(0, 2**62, ()).item())
+        checkpoints, keep = checkpoint_keeper(cfg.lr)  # one per epoch (constant learning rate)
         history = train_classifier(
             model,
             data.train.x,
@@ -141,9 +142,10 @@ class ToyTask(Task):
             device=device,
             generator_seed=generator_seed,
             progress_desc="toy",
+            on_epoch_end=keep,
         )
         history["val_accuracy"] = accuracy(model, data.val.x, data.val.y)
-        return TrainedModel(model=model, history=history)
+        return TrainedModel(model=model, history=history, checkpoints=checkpoints)
 
 
 def _cut(split: Split, n: int | None, flag: str, size_key: str) -> Split:

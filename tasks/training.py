@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from harness.protocols import Checkpoint
+
 log = logging.getLogger(__name__)
 
 OptimizerName = Literal["adam", "sgd"]
@@ -200,3 +202,16 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) 
         pred = model(xb).argmax(dim=1).cpu()
         correct += int((pred == y[first : first + batch_size].cpu()).sum())
     return correct / int(y.shape[0])
+
+
+def checkpoint_keeper(lr: float) -> tuple[list[Checkpoint], Callable[[int, nn.Module], None]]:
+    """``(checkpoints, on_epoch_end)``: pass the callback to :func:`train_classifier` and the list
+    fills with a :class:`~harness.protocols.Checkpoint` (weights on CPU, learning rate ``lr``) after
+    every epoch; the last one equals the final model."""
+    checkpoints: list[Checkpoint] = []
+
+    def keep(epoch: int, model: nn.Module) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        checkpoints.append(Checkpoint(epoch=epoch, lr=lr, state=state))
+
+    return checkpoints, keep

@@ -235,3 +235,28 @@ def test_interrupted_grid_resumes_without_loss_or_duplicates(tmp_path: Path) -> 
     assert len({r["run_id"] for r in loaded}) == 12
     assert all(r["status"] == "ok" for r in loaded)
     assert f"{len(done_before)} already finished" in result.stdout
+
+
+# ----- training checkpoints -------------------------------------------------------------------
+def test_trained_model_carries_its_checkpoints_through_the_cache(tmp_path: Path) -> None:
+    from harness.protocols import CapabilityError, training_checkpoints
+    from harness.registry import TASKS
+    from harness.runner import get_or_train_model, load_task_data
+
+    task_cls = TASKS.get("toy")
+    task = task_cls(task_cls.Config())
+    data = load_task_data(task)
+    cold, info = get_or_train_model(task, data, seed=0, cache=Cache(tmp_path), device=torch.device("cpu"))
+    warm, warm_info = get_or_train_model(
+        task, data, seed=0, cache=Cache(tmp_path), device=torch.device("cpu")
+    )
+    assert not info["cached"] and warm_info["cached"]
+    for model in (cold, warm):
+        checkpoints = training_checkpoints(model)
+        assert [c.epoch for c in checkpoints] == list(range(1, task.config.epochs + 1))
+        assert all(c.lr == task.config.lr for c in checkpoints)
+        final = checkpoints[-1].state
+        assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
+        assert not torch.equal(checkpoints[0].state["classifier.weight"], final["classifier.weight"])
+    with pytest.raises(CapabilityError, match="carries no training checkpoints"):
+        training_checkpoints(torch.nn.Linear(2, 2))
