@@ -135,6 +135,9 @@ class Method(ABC):
     - ``"sparse"``: explanations contain exact zeros by construction;
     - ``"cache"``: :meth:`fit` stores its expensive work in the cache it is given.
 
+    ``attributes_through`` and ``self_influence_definition`` say, in words, which layers the
+    attributions go through and how self-influence is defined; both land in every record.
+
     The harness times :meth:`fit`, :meth:`explain` and :meth:`self_influence`; methods do not.
     """
 
@@ -142,6 +145,11 @@ class Method(ABC):
     name: ClassVar[str] = ""  # set by the registry
     version: ClassVar[str] = "1"
     supports: ClassVar[frozenset[str]] = frozenset()
+    #: What the attributions are computed through, in words: "all parameters", "last layer
+    #: (classifier weight and bias)", "penultimate features", "inputs", "none".
+    attributes_through: ClassVar[str] = "none"
+    #: The self-influence definition in the paper's terms ("" without self-influence support).
+    self_influence_definition: ClassVar[str] = ""
 
     def __init__(self, config: Config | None = None) -> None:
         if config is None:

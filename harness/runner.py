@@ -300,6 +300,8 @@ def _empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
             "config_hash": method.config.config_hash(),
             "label": method_label(method),
             "supports": sorted(method.supports),
+            "attributes_through": method.attributes_through,
+            "self_influence_definition": method.self_influence_definition,
         },
         "task": {
             "name": task.name,

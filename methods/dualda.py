@@ -133,6 +133,8 @@ class DualDA(Method):
     Config = DualDAConfig
     version = "1"
     supports = frozenset({"self_influence", "sparse", "cache"})
+    attributes_through = "penultimate features (an SVM surrogate of the classifier on phi)"
+    self_influence_definition = "||phi_i||^2 alpha_i^{y_i} (options: ||phi_i|| alpha_i^{y_i}, alpha_i^{y_i})"
 
     config: DualDAConfig
 

@@ -227,6 +227,7 @@ class FeatureSimilarity(_Similarity):
     Config = FeatureSimilarityConfig
     layer = "features"
     supports = frozenset({"cache"})
+    attributes_through = "penultimate features"
 
     def _represent(self, model: nn.Module, x: Tensor) -> Tensor:
         features, _ = feature_split(model)
@@ -244,6 +245,7 @@ class InputSimilarity(_Similarity):
     Config = InputSimilarityConfig
     layer = "input"
     supports = frozenset()
+    attributes_through = "inputs"
 
     def _represent(self, model: nn.Module, x: Tensor) -> Tensor:
         return x.flatten(start_dim=1).to(torch.float32)
