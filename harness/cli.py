@@ -47,6 +47,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed passes over the test points (default 3)"
     )
+    parser.add_argument(
+        "--explain-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="explain only the first N test points (slow methods); the record marks the total time as "
+        "extrapolated to all test points and the metrics as computed on those N",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -185,7 +193,7 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError as err:
         raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers") from err
-    timing = TimingConfig() if args.repeats is None else TimingConfig(repeats=args.repeats)
+    timing = TimingConfig(**_timing_overrides(args))
     return expand(
         task, methods, metrics, seeds, timing=timing, results_dir=args.results_dir, cache_dir=args.cache_dir
     )
@@ -218,25 +226,43 @@ def _one_line(record: dict[str, Any]) -> str:
         f"{name}={entry['value']:.4g}" if entry["status"] == "ok" else f"{name}=FAILED"
         for name, entry in record["metrics"].items()
     )
-    explain_ms = 1e3 * record["timings"]["explain"]["per_point_median_s"]
-    return f"{head}  {metrics}  explain={explain_ms:.3g} ms/pt"
+    explain = record["timings"]["explain"]
+    explain_ms = 1e3 * explain["per_point_median_s"]
+    subset = ""
+    if explain.get("extrapolated"):
+        subset = (
+            f" (first {explain['n_points']} of {explain['n_test_total']} test points; total extrapolated)"
+        )
+    return f"{head}  {metrics}  explain={explain_ms:.3g} ms/pt{subset}"
+
+
+def _timing_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The timing options given on the command line (checked: one-line errors)."""
+    overrides = {}
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise ConfigError("--repeats must be at least 1")
+        overrides["repeats"] = args.repeats
+    if args.explain_limit is not None:
+        if args.explain_limit < 1:
+            raise ConfigError("--explain-limit must be a positive number of test points")
+        overrides["explain_limit"] = args.explain_limit
+    return overrides
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.repeats is not None and args.repeats < 1:
-        raise ConfigError("--repeats must be at least 1")
     return _run_specs(_specs_from_args(args), args)
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from harness.runner import TimingConfig
     from harness.suites import get_suite
 
     specs = get_suite(args.name, results_dir=args.results_dir, cache_dir=args.cache_dir)
-    if args.repeats is not None:
-        specs = [dataclasses.replace(s, timing=TimingConfig(repeats=args.repeats)) for s in specs]
+    overrides = _timing_overrides(args)
+    if overrides:
+        specs = [dataclasses.replace(s, timing=dataclasses.replace(s.timing, **overrides)) for s in specs]
     status = _run_specs(specs, args)
     cmd_report(argparse.Namespace(results_dir=args.results_dir, out=None))
     return status

@@ -41,6 +41,7 @@ def records_frame(records_dir: str | Path) -> pd.DataFrame:
             "fit_warm_s": rec["timings"]["fit"]["warm_s"],
             "explain_ms_per_point": 1e3 * rec["timings"]["explain"]["per_point_median_s"],
             "explain_total_s": rec["timings"]["explain"]["total_s"],
+            "n_explained": rec["timings"]["explain"]["n_points"],
         }
         for name, entry in rec["metrics"].items():
             if entry["status"] == "ok":
@@ -77,6 +78,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     csv_path, md_path = out / "summary.csv", out / "summary.md"
     table.to_csv(csv_path, index=False)
     markdown = table.to_markdown(index=False, floatfmt=".4g", missingval="—")
+    if (table["n_explained"] < table["n_test"]).any():
+        markdown += (
+            "\n\nexplain_total_s: where n_explained < n_test, only the first n_explained test points were"
+            " explained (--explain-limit) and the total for all n_test points is extrapolated from their"
+            " per-point time; the metrics of those rows are computed on the n_explained points."
+        )
     if table["fit_cold_s"].isna().any():
         markdown += (
             "\n\nfit_cold_s —: the method's cache was already filled (by an earlier run, or by another"

@@ -260,3 +260,20 @@ def test_trained_model_carries_its_checkpoints_through_the_cache(tmp_path: Path)
         assert not torch.equal(checkpoints[0].state["classifier.weight"], final["classifier.weight"])
     with pytest.raises(CapabilityError, match="carries no training checkpoints"):
         training_checkpoints(torch.nn.Linear(2, 2))
+
+
+def test_explain_limit_is_stated_and_extrapolated(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "feature_similarity")
+    limited = RunSpec(**{**spec.__dict__, "timing": TimingConfig(repeats=2, batch_size=8, explain_limit=5)})
+    assert limited.resolve().run_id != spec.resolve().run_id  # a subset is a different measurement
+    record = run_one(limited)
+    assert record["status"] == "ok", record["error"]
+    explain = record["timings"]["explain"]
+    n_test = record["task"]["n_test"]
+    assert explain["n_points"] == record["task"]["n_explained"] == 5 < n_test == explain["n_test_total"]
+    assert explain["extrapolated"] is True
+    assert explain["total_s"] == pytest.approx(explain["per_point_median_s"] * n_test)
+    full = run_one(spec)
+    assert full["timings"]["explain"]["extrapolated"] is False
+    with pytest.raises(Exception, match="explain_limit must be a positive"):
+        TimingConfig(explain_limit=0)
