@@ -122,6 +122,28 @@ def feature_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return features, classifier
 
 
+def penultimate_features(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """``phi(x)``: ``(n, d)`` float32 outputs of ``model.features`` (flattened), on ``device``.
+
+    Batched, no grad, the model in eval mode (its mode is restored after). ``x`` is
+    ``(n, *input_shape)`` on any device. For methods that work on penultimate features.
+    """
+    import torch
+
+    features, _ = feature_split(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            parts = [
+                features(x[i : i + batch_size].to(device)).flatten(start_dim=1).float()
+                for i in range(0, len(x), batch_size)
+            ]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, 0, device=device)
+
+
 # =============================================================================================
 # Method
 # =============================================================================================

@@ -26,3 +26,8 @@ METHODS.add(
     "methods.dualda:DualDA",
     "DualDA (the paper's): sparse attributions from a Crammer-Singer SVM's dual on the features.",
 )
+METHODS.add(
+    "representer",
+    "methods.representer:RepresenterPoints",
+    "Representer Points (Yeh et al. 2018): alpha_i^c <phi(x), phi(x_i)> from an L2 softmax refit on phi.",
+)

@@ -40,7 +40,7 @@ import torch
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option
 from harness.measures import model_fingerprint
-from harness.protocols import DataError, Method, Split, feature_split
+from harness.protocols import DataError, Method, Split, feature_split, penultimate_features
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -155,18 +155,7 @@ class DualDA(Method):
     # ----- features ---------------------------------------------------------------------------
     def _features(self, model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
         """``(n, d)`` float32 penultimate features of ``x``, in batches, eval mode, no grad."""
-        features, _ = feature_split(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                parts = [
-                    features(x[i : i + self.config.batch_size].to(device)).flatten(start_dim=1).float()
-                    for i in range(0, len(x), self.config.batch_size)
-                ]
-        finally:
-            model.train(was_training)
-        return torch.cat(parts) if parts else torch.empty(0, 0, device=device)
+        return penultimate_features(model, x, self.config.batch_size, device)
 
     def _cache_key(self, model: nn.Module, train: Split) -> dict[str, Any]:
         solver = {k: v for k, v in self.config.to_dict().items() if k != "self_influence"}
