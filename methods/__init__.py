@@ -31,3 +31,38 @@ METHODS.add(
     "methods.representer:RepresenterPoints",
     "Representer Points (Yeh et al. 2018): alpha_i^c <phi(x), phi(x_i)> from an L2 softmax refit on phi.",
 )
+METHODS.add(
+    "lissa",
+    "methods.lissa:LiSSA",
+    "LiSSA influence functions on the last layer (Koh & Liang 2017), torch.func HVPs.",
+)
+METHODS.add(
+    "arnoldi",
+    "methods.arnoldi:ArnoldiIF",
+    "Arnoldi influence functions (Schioppa et al. 2022) via captum; all parameters by default.",
+)
+METHODS.add(
+    "ekfac",
+    "methods.ekfac:EKFAC",
+    "EK-FAC influence functions (Grosse et al. 2023) via kronfluence; all Linear/Conv2d layers.",
+)
+METHODS.add(
+    "tracin",
+    "methods.tracin:TracIn",
+    "TracIn (Pruthi et al. 2020): lr-weighted projected loss-gradient products summed over checkpoints.",
+)
+METHODS.add(
+    "graddot",
+    "methods.graddot:GradDot",
+    "GradDot: inner products of projected per-sample gradients of all parameters at the final model.",
+)
+METHODS.add(
+    "gradcos",
+    "methods.graddot:GradCos",
+    "GradCos: cosine of projected per-sample gradients of all parameters at the final model.",
+)
+METHODS.add(
+    "trak",
+    "methods.trak:TRAK",
+    "TRAK (Park et al. 2023) via traker: projected whitened gradients, class margin, one checkpoint.",
+)

@@ -35,20 +35,35 @@ def _spec(tmp_path: Path, method: str = "random", **kw) -> RunSpec:
 
 
 # ----- contract over every registered method ------------------------------------------------
+#: Config overrides for the 48-point toy task; every other option keeps its default (the paper's).
+#: LiSSA: the paper's 10 x 6,000 HVPs per call take minutes even here; the recursion is unchanged.
+#: TRAK: Phi^T Phi (proj_dim 2048) has rank <= 48 here, so the paper's lambda_reg 0 cannot invert it
+#: (TRAK raises a DataError that says so, tested in test_trak.py).
+CONTRACT_OVERRIDES: dict[str, dict[str, object]] = {
+    "lissa": {"depth": 100, "repeats": 2},
+    "trak": {"lambda_reg": 1e-3},
+}
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_contract(name: str, toy_setup, tmp_path: Path) -> None:
     _, data, model = toy_setup
     cls = METHODS.get(name)
+    overrides = CONTRACT_OVERRIDES.get(name, {})
+
+    def config():
+        return cls.Config(**overrides)
+
     x, n_train = data.test.x, len(data.train)
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
 
     with pytest.raises(NotFittedError):
-        cls(cls.Config()).explain(x, targets)
+        cls(config()).explain(x, targets)
 
     def fitted(cache_dir: Path):
         seed_everything(0)
-        method = cls(cls.Config())
+        method = cls(config())
         method.fit(model, data.train, cache=Cache(cache_dir))
         return method
 
@@ -63,7 +78,7 @@ def test_method_contract(name: str, toy_setup, tmp_path: Path) -> None:
     # Cache hit (same cache dir as the first fit): identical scores.
     warm_cache = Cache(tmp_path / "a")
     seed_everything(0)
-    warm = cls(cls.Config())
+    warm = cls(config())
     warm.fit(model, data.train, cache=warm_cache)
     if "cache" in cls.supports:
         assert warm_cache.stats.hits > 0 and warm_cache.stats.misses == 0

@@ -1,0 +1,352 @@
+"""LiSSA influence functions on the last layer (Koh & Liang 2017; Agarwal, Bullins & Hazan 2017).
+
+Papers: Koh, Liang, "Understanding Black-box Predictions via Influence Functions" (ICML 2017);
+Agarwal, Bullins, Hazan, "Second-Order Stochastic Optimization for Machine Learning in Linear Time"
+(JMLR 2017). Settings from the DualXDA paper (../shared/reference/dualxda-paper.md): last layer only
+(classifier weight and bias), depth 6000/5000/3700 (MNIST/CIFAR-10/AwA2), 10 repeats, scale 10,
+damping 1e-3, Hessian-vector-product (HVP) batches of 32 sampled with replacement, cross-entropy
+w.r.t. the predicted label, no cache of the inverse-HVPs.
+
+Notation, paper -> code:
+
+- ``theta``: the classifier's parameters (weight and bias), flattened -> ``theta`` ``(P,)``;
+- ``phi(x)``: penultimate features ``model.features(x)``; the feature extractor is frozen, so it runs
+  ONCE over the training set in :meth:`LiSSA.fit` and every HVP and gradient is computed on the
+  classifier alone from ``phi`` -> ``phi_`` ``(N, d)``;
+- ``g(x, c) = grad_theta CE(classifier(phi(x)), c)`` -> rows of ``train_grads_`` ``(N, P)`` for
+  ``(x_i, y_i)`` (the TRAINING labels) and of the test gradients for ``(x, c)``, c the target;
+- ``H``: the Hessian of the mean training cross-entropy over ``theta``; ``H_b`` its estimate on a
+  batch of ``hvp_batch_size`` points drawn with replacement;
+- the recursion (per test vector, all test vectors of a call run together with the same batches):
+  ``v_0 = g``, ``v_{t+1} = g + (1 - damping) v_t - H_{b_t} v_t / scale``; ``v_T / scale`` estimates
+  ``(H + scale * damping I)^{-1} g`` (the fixed point), averaged over ``repeats`` independent runs.
+  So the damping on ``H`` is ``scale * damping`` (:attr:`LiSSAConfig.effective_damping`; 1e-2 with
+  the paper's settings). The recursion converges when every eigenvalue of ``H_b / scale + damping``
+  lies in (0, 2);
+- attribution ``a_i(x) = g(x, c)^T (H + scale * damping I)^{-1} g(x_i, y_i) / N``: positive for
+  proponents (up-weighting training point i lowers the test loss), the project's convention.
+
+Cost. ``fit`` = one forward pass of the feature extractor over the training set (cached by content
+hash) plus per-sample last-layer gradients from the features. ``explain`` = ``repeats * depth``
+HVPs on the classifier per call (vectorised over the call's test points), like the paper: nothing
+per test point is cached. A private reference path (:meth:`LiSSA._explain_recomputing_features`)
+recomputes the features through the full model for every HVP batch, as a naive implementation
+would; it gives the same outputs (tests) at a much higher cost (tests/benchmarks/test_lissa_bench.py).
+
+Self-influence is not declared: ``g_i^T H^{-1} g_i / N`` needs one LiSSA run per training point
+(N * repeats * depth HVPs, 6e8 at the paper's MNIST settings), the cost of explaining the whole
+training set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.cache import Artefact
+from harness.config import Config, ConfigError, option
+from harness.measures import model_fingerprint
+from harness.protocols import DataError, Method, Split, feature_split
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import Tensor, nn
+
+    from harness.cache import Cache
+
+log = logging.getLogger(__name__)
+
+#: The paper's LiSSA depth per dataset.
+PAPER_DEPTH = {"mnist": 6000, "cifar10": 5000, "awa2": 3700}
+
+
+def _positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiSSAConfig(Config):
+    """Configuration of :class:`LiSSA`; :meth:`paper` holds the DualXDA paper's MNIST settings."""
+
+    depth: int = option(6000, "recursion steps per repeat (paper: 6000 MNIST, 5000 CIFAR-10, 3700 AwA2)")
+    repeats: int = option(10, "independent recursions averaged (paper: 10)")
+    scale: float = option(10.0, "LiSSA scale: H is divided by it; must exceed the batch Hessian's norm / 2")
+    damping: float = option(1e-3, "LiSSA damping (paper: 1e-3); the damping on H is scale * damping")
+    hvp_batch_size: int = option(32, "training points per HVP, drawn with replacement (paper: 32)")
+    seed: int = option(0, "seeds the HVP batches (a torch.Generator; the global RNG is not touched)")
+    batch_size: int = option(512, "points per forward pass when computing features and gradients")
+
+    def __post_init__(self) -> None:
+        _positive_int(self.depth, "depth")
+        _positive_int(self.repeats, "repeats")
+        _positive_int(self.hvp_batch_size, "hvp_batch_size")
+        _positive_int(self.batch_size, "batch_size")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.scale, bool) or not (
+            isinstance(self.scale, int | float) and math.isfinite(self.scale) and self.scale > 0
+        ):
+            raise ConfigError(f"scale must be a finite number > 0 (paper: 10), got {self.scale!r}")
+        if isinstance(self.damping, bool) or not (
+            isinstance(self.damping, int | float) and math.isfinite(self.damping) and 0 <= self.damping < 1
+        ):
+            raise ConfigError(f"damping must be a number in [0, 1) (paper: 1e-3), got {self.damping!r}")
+
+    @property
+    def effective_damping(self) -> float:
+        """The damping on H at the recursion's fixed point: ``scale * damping``."""
+        return float(self.scale) * float(self.damping)
+
+    @classmethod
+    def paper(cls) -> LiSSAConfig:
+        """The paper's MNIST settings: depth 6000, 10 repeats, scale 10, damping 1e-3, batch 32."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> LiSSAConfig:
+        """Depth 500 and 1 repeat (scale, damping and batch as in the paper).
+
+        The paper's 60,000 HVPs per call cost minutes per batch of test points on 2 CPU cores;
+        500 keeps one explain call to seconds while the recursion has visited ~16,000 training
+        points (it converges at rate ``1 - damping - lambda_min / scale`` per step, so a short
+        depth under-weights small-curvature directions; ranks change less than values).
+        """
+        return cls(depth=500, repeats=1)
+
+
+class LiSSA(Method):
+    """LiSSA influence functions on the classifier's weight and bias (DualXDA paper's setting)."""
+
+    Config = LiSSAConfig
+    version = "1"
+    supports = frozenset({"cache"})
+    attributes_through = "last layer (classifier weight and bias)"
+    self_influence_definition = ""
+
+    config: LiSSAConfig
+
+    def __init__(self, config: LiSSAConfig | None = None) -> None:
+        super().__init__(config)
+        self.phi_: Tensor | None = None  # (N, d) training features, model device and dtype
+        self.labels_: Tensor | None = None  # (N,) long, model device
+        self.train_grads_: Tensor | None = None  # (N, P) last-layer gradients g(x_i, y_i)
+        self.theta_: Tensor | None = None  # (P,) the classifier's parameters, flattened
+        self._model: nn.Module | None = None
+        self._device: torch.device | None = None
+        self._loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+        self._train_x: Tensor | None = None  # kept for the reference path only
+        self._last_relative_step: float | None = None
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
+        """Training features (cached by content hash), then last-layer gradients from them.
+
+        Parameters
+        ----------
+        model:
+            The trained model with a ``features``/``classifier`` split, on its device.
+        train:
+            ``x`` ``(N, *input_shape)``; ``y`` ``(N,)`` the labels the model was trained on.
+        cache:
+            Stores the training features ``phi`` ``(N, d)`` and labels ``(N,)``.
+
+        Raises
+        ------
+        CapabilityError
+            When the model has no ``features``/``classifier`` split.
+        DataError
+            When the training set is empty.
+        """
+        features, classifier = feature_split(model)
+        if len(train) == 0:
+            raise DataError("LiSSA: the training set is empty")
+        params = {k: p for k, p in classifier.named_parameters()}
+        if not params:
+            raise DataError("LiSSA: the classifier has no parameters to compute influence over")
+        device = next(iter(params.values())).device
+        key = {
+            "method": "LiSSA",
+            "version": self.version,
+            "train": train.fingerprint(),
+            "model": model_fingerprint(model),
+            "batch_size": self.config.batch_size,
+        }
+        artefact = cache.get_or_create(
+            key,
+            lambda: Artefact(
+                tensors={
+                    "phi": self._features(features, train.x, device).cpu(),
+                    "labels": train.y.detach().cpu().long(),
+                },
+                meta={"n_train": len(train)},
+            ),
+        )
+        # clone: tensors read from the cache may sit at unaligned addresses, which changes BLAS rounding
+        self.phi_ = artefact.tensors["phi"].to(device).clone()
+        self.labels_ = artefact.tensors["labels"].to(device)
+        k = _num_classes(classifier, self.phi_[:1])
+        if int(self.labels_.max()) >= k or int(self.labels_.min()) < 0:
+            raise DataError(f"LiSSA: training labels must lie in 0..{k - 1} (the model's outputs)")
+        self._loss, self.theta_ = _flat_loss(classifier)
+        self.train_grads_ = self._grads(self.phi_, self.labels_)
+        self._model, self._device, self._train_x = model, device, train.x
+        self._fitted = True
+        log.info(
+            "lissa: %d training points, %d last-layer parameters, damping on H %g",
+            len(train),
+            self.theta_.numel(),
+            self.config.effective_damping,
+        )
+
+    def _features(self, features: nn.Module, x: Tensor, device: torch.device) -> Tensor:
+        """``(n, d)`` penultimate features of ``x`` in batches, no grad, the model's mode untouched."""
+        bs = self.config.batch_size
+        with torch.no_grad():
+            parts = [features(x[i : i + bs].to(device)).flatten(start_dim=1) for i in range(0, len(x), bs)]
+        return torch.cat(parts)
+
+    def _grads(self, phi: Tensor, labels: Tensor) -> Tensor:
+        """``(n, P)`` per-sample gradients ``g(x, c)`` of CE over theta, from features ``phi`` ``(n, d)``."""
+        assert self._loss is not None and self.theta_ is not None
+        loss, theta = self._loss, self.theta_
+
+        def single(p: Tensor, c: Tensor) -> Tensor:
+            return torch.func.grad(loss)(theta, p[None], c[None])
+
+        bs = self.config.batch_size
+        parts = [torch.func.vmap(single)(phi[i : i + bs], labels[i : i + bs]) for i in range(0, len(phi), bs)]
+        return torch.cat(parts) if parts else phi.new_zeros(0, theta.numel())
+
+    # ----- explanations -----------------------------------------------------------------------
+    def explain(self, x: Tensor, targets: Tensor) -> Tensor:
+        """``(n_test, N)`` float32 attributions ``g(x, c)^T (H + scale*damping I)^{-1} g_i / N``.
+
+        Parameters
+        ----------
+        x:
+            ``(n_test, *input_shape)`` test inputs.
+        targets:
+            ``(n_test,)`` target classes (the model's predicted classes in this benchmark).
+        """
+        return self._explain(x, targets, recompute_features=False)
+
+    def _explain_recomputing_features(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Reference path: as :meth:`explain`, but every HVP batch runs through the full model."""
+        return self._explain(x, targets, recompute_features=True)
+
+    def _explain(self, x: Tensor, targets: Tensor, *, recompute_features: bool) -> Tensor:
+        self._require_fitted()
+        assert self._model is not None and self._device is not None and self.train_grads_ is not None
+        features, classifier = feature_split(self._model)
+        targets = targets.to(self._device).long().reshape(-1)
+        if targets.shape[0] != x.shape[0]:
+            raise DataError(f"LiSSA: {x.shape[0]} test points but {targets.shape[0]} targets")
+        k = _num_classes(classifier, self.phi_[:1])
+        if targets.numel() and (targets.min() < 0 or targets.max() >= k):
+            raise DataError(f"LiSSA: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}")
+        if x.shape[0] == 0:
+            return torch.zeros(0, self.train_grads_.shape[0], device=self._device)
+        g_test = self._grads(self._features(features, x, self._device), targets)  # (n_test, P)
+        inverse = self._inverse_hvp(g_test, recompute_features=recompute_features)  # (n_test, P)
+        scores = inverse @ self.train_grads_.T / self.train_grads_.shape[0]
+        return scores.to(torch.float32)
+
+    def _inverse_hvp(self, g: Tensor, *, recompute_features: bool = False) -> Tensor:
+        """LiSSA estimate of ``(H + scale * damping I)^{-1} g`` for each row of ``g`` ``(m, P)``.
+
+        All rows run through the same batches (one generator seeded with ``config.seed`` per call),
+        so a row's estimate depends on that row and the seed only, not on the other rows.
+        """
+        assert self.phi_ is not None and self.labels_ is not None and self._loss is not None
+        assert self._model is not None and self._train_x is not None and self.theta_ is not None
+        cfg = self.config
+        loss, theta = self._loss, self.theta_
+        features, _ = feature_split(self._model)
+        n = self.phi_.shape[0]
+        generator = torch.Generator().manual_seed(cfg.seed)
+
+        def hvp(phi_b: Tensor, y_b: Tensor, v: Tensor) -> Tensor:  # (m, P) -> (m, P)
+            # reverse-over-reverse: H_b is symmetric, so the vjp of the gradient is H_b v. One
+            # backward graph per batch, vmapped over the m vectors (2-3x less overhead than jvp).
+            _, vjp = torch.func.vjp(torch.func.grad(lambda t: loss(t, phi_b, y_b)), theta)
+            return torch.func.vmap(vjp)(v)[0]
+
+        from tqdm.auto import tqdm
+
+        total = torch.zeros_like(g)
+        relative = float("nan")
+        with tqdm(total=cfg.repeats * cfg.depth, desc="lissa", disable=None, leave=False) as bar:
+            for r in range(cfg.repeats):
+                batches = torch.randint(0, n, (cfg.depth, cfg.hvp_batch_size), generator=generator)
+                batches = batches.to(self.phi_.device)
+                v = g.clone()
+                for t in range(cfg.depth):
+                    idx = batches[t]
+                    if recompute_features:
+                        phi_b = self._features(features, self._train_x[idx.cpu()], self.phi_.device)
+                    else:
+                        phi_b = self.phi_[idx]
+                    step = g + (1.0 - cfg.damping) * v - hvp(phi_b, self.labels_[idx], v) / cfg.scale
+                    if t == cfg.depth - 1:
+                        relative = float((step - v).norm() / step.norm().clamp_min(1e-300))
+                    v = step
+                    if (t + 1) % 500 == 0 or t == cfg.depth - 1:
+                        bar.update(500 if (t + 1) % 500 == 0 else (t + 1) % 500)
+                        if not torch.isfinite(v).all():
+                            raise RuntimeError(
+                                f"LiSSA diverged at repeat {r}, step {t + 1}: increase scale (now "
+                                f"{cfg.scale:g}); every eigenvalue of the batch Hessian must lie below "
+                                f"scale * (2 - damping)"
+                            )
+                total += v / cfg.scale
+        self._last_relative_step = relative
+        return total / cfg.repeats
+
+    def diagnostics(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "effective_damping": self.config.effective_damping,
+            "hvps_per_explain_call": self.config.depth * self.config.repeats,
+        }
+        if self.theta_ is not None:
+            info["n_params"] = int(self.theta_.numel())
+        if self._last_relative_step is not None:
+            # ||v_T - v_{T-1}|| / ||v_T|| of the last call: near 0 when the recursion has settled
+            info["last_relative_step"] = self._last_relative_step
+        return info
+
+
+def _flat_loss(classifier: nn.Module) -> tuple[Callable[[Tensor, Tensor, Tensor], Tensor], Tensor]:
+    """``(loss, theta)``: ``loss(theta, phi, y)`` = mean CE of ``classifier`` with flat parameters.
+
+    ``theta`` ``(P,)`` concatenates the classifier's parameters in ``named_parameters`` order (for
+    ``nn.Linear``: weight row-major, then bias), detached.
+    """
+    names, shapes, sizes = [], [], []
+    flat = []
+    for name, p in classifier.named_parameters():
+        names.append(name)
+        shapes.append(p.shape)
+        sizes.append(p.numel())
+        flat.append(p.detach().reshape(-1))
+    theta = torch.cat(flat)
+
+    def loss(t: Tensor, phi: Tensor, y: Tensor) -> Tensor:
+        params = {n: c.view(s) for n, c, s in zip(names, torch.split(t, sizes), shapes, strict=True)}
+        logits = torch.func.functional_call(classifier, params, (phi,))
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    return loss, theta
+
+
+def _num_classes(classifier: nn.Module, phi: Tensor) -> int:
+    out = getattr(classifier, "out_features", None)
+    if out is not None:
+        return int(out)
+    with torch.no_grad():
+        return int(classifier(phi).shape[-1])

@@ -1,0 +1,428 @@
+"""TRAK: attributions from projected, whitened per-sample gradients, computed with ``traker``.
+
+Paper: Park, Georgiev, Ilyas, Leclerc, Madry, "TRAK: Attributing Model Behavior at Scale" (ICML
+2023, arXiv 2303.14186); library: ``traker`` 0.3.2 (MadryLab). Benchmark settings from Yolcu et
+al., "DualXDA" (arXiv 2402.12118), facts in ../shared/reference/dualxda-paper.md: proj_dim 2048,
+one checkpoint (the final model), no ensemble. Notation, paper -> code:
+
+- ``f(z; theta)``: the model output function, traker's ``ImageClassificationModelOutput``: the
+  margin ``log(p_c / (1 - p_c)) = logit_c - logsumexp_{k != c} logit_k`` of class ``c``. For a
+  training point ``c = y_i`` (``train.y``, the label the model was TRAINED on); for a test point
+  ``c`` is the given target (the model's PREDICTED class): traker reads the class from the label
+  slot of the batch, so :meth:`TRAK.explain` passes ``(x, targets)``;
+- ``theta``: ALL parameters of the model as given (``grad_wrt=None``);
+- ``P``: the random projection ``(n_params, proj_dim)``, traker's ``BasicProjector`` (Gaussian
+  entries by default, as traker picks on CPU; seed ``seed``, model id 0);
+- ``phi_i = P^T grad_theta f(z_i) / sqrt(n_params)``: projected training gradients, rows of
+  ``Phi`` ``(n_train, proj_dim)`` (traker's ``grads``; the division is traker's normaliser);
+- ``Phi (Phi^T Phi + lambda I)^{-1}``: traker's ``features`` ``(n_train, proj_dim)``
+  (``lambda = lambda_reg``; traker rescales the inverse by the mean of its absolute entries);
+- ``Q = diag(1 - p_i)``: traker's ``out_to_loss`` ``(n_train, 1)``, the out-to-loss gradient
+  (softmax probability of the training label, temperature 1);
+- the score of training point ``i`` for test point ``x`` and target ``c``:
+  ``tau(x)_i = [Phi (Phi^T Phi + lambda I)^{-1} phi(x, c)]_i Q_ii`` with
+  ``phi(x, c) = P^T grad_theta f((x, c)) / sqrt(n_params)``; with one checkpoint traker's average
+  over models is the identity and no soft-thresholding is applied (traker does none);
+- self-influence: ``tau(x_i)_i`` with target ``y_i``, i.e. the diagonal that traker's scoring of
+  the training set against itself gives: ``(features_i . phi_i) Q_ii``.
+
+Computation. :meth:`TRAK.fit` runs traker's own pipeline (``TRAKer.load_checkpoint``,
+``featurize``, ``finalize_features``) with ``save_dir`` in a temporary directory inside the
+harness cache's scope, then stores traker's ``features`` and ``out_to_loss`` (and the
+self-influence diagonal) as one cache artefact keyed by content hash: a second fit with the same
+model, data and options reads them back and does not featurize. :meth:`TRAK.explain` repeats
+traker's scoring step (``TRAKer.score`` + ``finalize_scores``) with traker's own components (its
+``FunctionalGradientComputer``, a fresh ``BasicProjector`` with the same seed, its
+``BasicScoreComputer``) without writing to disk; the tests check it against a plain TRAKer run.
+
+CPU notes (../shared/reference/environment.md): traker's default device is ``"cuda"``, so the
+model's device is always passed; arrays are float32 (traker's float16 default is for GPUs).
+traker 0.3.2 frees the projection matrix in ``finalize_features`` and its ``BasicProjector``
+cannot regenerate it when ``proj_dim <= 100`` (one block), so scoring then fails: such a
+``proj_dim`` is rejected. ``Phi^T Phi`` has rank at most ``min(n_train, n_params)``; when that is
+below ``proj_dim`` the inverse does not exist and ``lambda_reg`` must be positive.
+
+Cost. ``fit`` = per-sample gradients of all parameters for the training set (``torch.func`` vmap
+in batches of ``batch_size``), each batch projected block-wise (the projection matrix is
+regenerated from its seed for every batch: ``n_params x proj_dim`` random numbers per batch, so
+larger batches are cheaper), then one ``proj_dim x proj_dim`` inverse. ``explain`` = the same
+gradient pass over the test points and one ``(n_train, proj_dim) x (proj_dim, n_test)`` matmul.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from harness.cache import Artefact
+from harness.config import Config, ConfigError, option
+from harness.measures import model_fingerprint
+from harness.protocols import DataError, Method, Split
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from harness.cache import Cache
+
+log = logging.getLogger(__name__)
+
+#: traker 0.3.2's BasicProjector block size: a proj_dim at or below it breaks scoring.
+TRAKER_BLOCK_SIZE = 100
+PROJECTIONS = ("normal", "rademacher")
+MODEL_OUTPUTS = ("image_classification",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TRAKConfig(Config):
+    """Configuration of :class:`TRAK`. ``paper()``: proj_dim 2048, one checkpoint."""
+
+    proj_dim: int = option(2048, "dimension of the random projection of the gradients (paper: 2048)")
+    seed: int = option(0, "seed of the projection matrix (traker's projector_seed)")
+    projection: Literal["normal", "rademacher"] = option(
+        "normal", "entries of the projection matrix: normal (traker's choice on CPU) or rademacher"
+    )
+    lambda_reg: float = option(
+        0.0, "ridge term added to Phi^T Phi before inverting (traker's lambda_reg; paper: 0)"
+    )
+    model_output: Literal["image_classification"] = option(
+        "image_classification", "traker model output function: image_classification = class margin"
+    )
+    batch_size: int = option(128, "points per per-sample-gradient batch (featurizing and scoring)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.proj_dim, bool) or not isinstance(self.proj_dim, int):
+            raise ConfigError(f"proj_dim must be an integer > {TRAKER_BLOCK_SIZE}, got {self.proj_dim!r}")
+        if self.proj_dim <= TRAKER_BLOCK_SIZE:
+            raise ConfigError(
+                f"proj_dim={self.proj_dim} is too small for traker 0.3.2: with proj_dim <= "
+                f"{TRAKER_BLOCK_SIZE} its BasicProjector frees its only projection block in "
+                f"finalize_features and scoring fails; use proj_dim >= {TRAKER_BLOCK_SIZE + 1} "
+                "(paper: 2048)"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"projection must be one of {list(PROJECTIONS)}, got {self.projection!r}")
+        if isinstance(self.lambda_reg, bool) or not (
+            isinstance(self.lambda_reg, int | float)
+            and math.isfinite(self.lambda_reg)
+            and self.lambda_reg >= 0
+        ):
+            raise ConfigError(f"lambda_reg must be a finite number >= 0, got {self.lambda_reg!r}")
+        if self.model_output not in MODEL_OUTPUTS:
+            raise ConfigError(f"model_output must be one of {list(MODEL_OUTPUTS)}, got {self.model_output!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    @classmethod
+    def paper(cls) -> TRAKConfig:
+        """The DualXDA paper's TRAK: proj_dim 2048, one checkpoint (the final model), no ensemble."""
+        return cls(proj_dim=2048)
+
+    @classmethod
+    def quick(cls) -> TRAKConfig:
+        """proj_dim 512 for 2-core CPUs.
+
+        On CPU traker's BasicProjector regenerates the ``n_params x proj_dim`` matrix for every
+        batch (1.26M x 2048 for the paper's MNIST net), so the cost of featurizing grows linearly
+        with proj_dim; 512 stays well above traker's 100 limit and below the quick suite's 6,000
+        training points (so ``Phi^T Phi`` is invertible without ``lambda_reg``). Batches of 256
+        amortise the regeneration (their per-sample gradients take about 1.3 GB for that net).
+        """
+        return cls(proj_dim=512, batch_size=256)
+
+
+class TRAK(Method):
+    """TRAK (Park et al. 2023) through ``traker``: one checkpoint, all parameters, class margin."""
+
+    Config = TRAKConfig
+    version = "1"
+    supports = frozenset({"self_influence", "cache"})
+    attributes_through = "all parameters"
+    self_influence_definition = (
+        "TRAK score of training point i for itself with target y_i: "
+        "[Phi (Phi^T Phi + lambda I)^{-1}]_i . phi_i * (1 - p_i)"
+    )
+
+    config: TRAKConfig
+
+    def __init__(self, config: TRAKConfig | None = None) -> None:
+        super().__init__(config)
+        self.features_: Tensor | None = None  # (n_train, proj_dim) float32, model device
+        self.out_to_loss_: Tensor | None = None  # (n_train, 1) float32, model device
+        self.self_influence_: Tensor | None = None  # (n_train,) float32, model device
+        self.info_: dict[str, Any] = {}
+        self._model: nn.Module | None = None
+        self._device: torch.device | None = None
+        self._scorer: _Scorer | None = None
+
+    def _cache_key(self, model: nn.Module, train: Split, device: torch.device) -> dict[str, Any]:
+        return {
+            "method": "TRAK",
+            "version": self.version,
+            "traker": _traker_version(),
+            "train": train.fingerprint(),
+            "model": model_fingerprint(model),
+            "device": device.type,  # the projection's random numbers depend on the generator's device
+            **self.config.to_dict(),
+        }
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
+        """Featurize the training set with traker (or read its features from the cache).
+
+        Parameters
+        ----------
+        model:
+            The trained classifier on its device (eval mode); gradients are taken of all its
+            parameters. Its state is not changed.
+        train:
+            ``x`` ``(n_train, *input_shape)``; ``y`` ``(n_train,)`` the labels the model was trained on.
+        cache:
+            Stores traker's ``features`` ``(n_train, proj_dim)``, ``out_to_loss`` ``(n_train, 1)`` and
+            the self-influence ``(n_train,)``, keyed by model weights, data and every option.
+
+        Raises
+        ------
+        DataError
+            When the training set is empty, or ``Phi^T Phi`` cannot be inverted (fewer training points
+            or parameters than ``proj_dim``) and ``lambda_reg`` is 0.
+        """
+        device = _model_device(model)
+        n_train = len(train)
+        if n_train == 0:
+            raise DataError("TRAK: the training set is empty")
+        n_params = sum(p.numel() for p in model.parameters())
+        rank = min(n_train, n_params)
+        if rank < self.config.proj_dim and self.config.lambda_reg == 0:
+            raise DataError(
+                f"TRAK: Phi^T Phi ({self.config.proj_dim} x {self.config.proj_dim}) has rank at most "
+                f"min(n_train={n_train}, n_params={n_params}) = {rank} and cannot be inverted; "
+                f"set lambda_reg > 0 or proj_dim <= {rank}"
+            )
+        key = self._cache_key(model, train, device)
+        path = cache.path_for(key)
+        artefact = cache.get_or_create(
+            key, lambda: self._featurize(model, train, device, work_dir=path.parent)
+        )
+        t = artefact.tensors
+        # fresh copies: a tensor read from the cache file may sit at another memory alignment, and
+        # BLAS kernels round differently on differently aligned inputs (a hit must equal a miss)
+        self.features_ = t["features"].to(device, copy=True)
+        self.out_to_loss_ = t["out_to_loss"].to(device, copy=True)
+        self.self_influence_ = t["self_influence"].to(device, copy=True)
+        self.info_ = {**artefact.meta, "cache_entry": path.name}
+        self._model = model
+        self._device = device
+        self._scorer = None  # built on first explain (it generates the first projection block)
+        self._fitted = True
+
+    def _traker(self, model: nn.Module, n_train: int, device: torch.device, save_dir: str) -> Any:
+        """A ``TRAKer`` set up as this config says (float32, explicit device and projector)."""
+        from trak import TRAKer
+
+        cfg = self.config
+        return TRAKer(
+            model=model,
+            task=cfg.model_output,
+            train_set_size=n_train,
+            save_dir=save_dir,
+            load_from_save_dir=False,
+            device=str(device),
+            projector=_projector(model, cfg, device),
+            proj_dim=cfg.proj_dim,
+            projector_seed=cfg.seed,
+            use_half_precision=False,
+            lambda_reg=float(cfg.lambda_reg),
+            logging_level=logging.WARNING,
+        )
+
+    def _featurize(self, model: nn.Module, train: Split, device: torch.device, work_dir: Path) -> Artefact:
+        """traker's featurize + finalize_features on the whole training set (cache miss).
+
+        traker's ``save_dir`` is a temporary directory in ``work_dir`` (the cache scope that will hold
+        the entry); it is removed once its arrays are copied into the returned artefact.
+        """
+        import numpy as np
+
+        cfg = self.config
+        n_train = len(train)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        was_training = model.training
+        try:
+            with tempfile.TemporaryDirectory(prefix=".trak-save-", dir=work_dir) as save_dir:
+                traker = self._traker(model, n_train, device, save_dir)
+                log.info(
+                    "trak: featurizing %d training points (%d parameters -> proj_dim %d)",
+                    n_train,
+                    traker.num_params_for_grad,
+                    cfg.proj_dim,
+                )
+                traker.load_checkpoint(model.state_dict(), model_id=0)
+                for x, y in train.batches(cfg.batch_size):
+                    traker.featurize(batch=(x.to(device), y.to(device).long()), num_samples=len(y))
+                traker.finalize_features(model_ids=[0])
+                store = traker.saver.current_store
+                features = torch.from_numpy(np.array(store["features"], dtype=np.float32))
+                grads = torch.from_numpy(np.array(store["grads"], dtype=np.float32))
+                out_to_loss = torch.from_numpy(np.array(store["out_to_loss"], dtype=np.float32))
+                n_params = int(traker.num_params_for_grad)
+                del traker, store
+        finally:
+            model.train(was_training)
+        # traker scores a training point against itself as (features_i . phi_i) * Q_ii
+        self_influence = (features.double() * grads.double()).sum(dim=1) * out_to_loss[:, 0].double()
+        meta = {
+            "n_train": n_train,
+            "n_params": n_params,
+            "proj_dim": cfg.proj_dim,
+            "mean_out_to_loss": float(out_to_loss.mean()),
+        }
+        return Artefact(
+            tensors={
+                "features": features,
+                "out_to_loss": out_to_loss,
+                "self_influence": self_influence.float(),
+            },
+            meta=meta,
+        )
+
+    # ----- explanations -----------------------------------------------------------------------
+    def explain(self, x: Tensor, targets: Tensor) -> Tensor:
+        """``(n_test, n_train)`` float32 TRAK scores on the model's device.
+
+        Parameters
+        ----------
+        x:
+            ``(n_test, *input_shape)`` test inputs, any device.
+        targets:
+            ``(n_test,)`` classes whose margin is attributed (the model's predicted classes).
+
+        Returns
+        -------
+        Tensor
+            ``A[j, i] = tau(x_j)_i``: traker's score of training point i for test point j, target
+            ``targets[j]`` (the transpose of traker's ``(n_train, n_test)`` score matrix).
+        """
+        self._require_fitted()
+        assert self._model is not None and self._device is not None
+        assert self.features_ is not None and self.out_to_loss_ is not None
+        device = self._device
+        targets = targets.to(device).long().reshape(-1)
+        if targets.shape[0] != x.shape[0]:
+            raise DataError(f"TRAK: {x.shape[0]} test points but {targets.shape[0]} targets")
+        if self._scorer is None:
+            self._scorer = _Scorer(self._model, self.config, device)
+        n_train = self.features_.shape[0]
+        if x.shape[0] == 0:
+            return torch.zeros(0, n_train, dtype=torch.float32, device=device)
+        k = _num_outputs(self._model, x[:1].to(device))
+        if targets.min() < 0 or targets.max() >= k:
+            raise DataError(f"TRAK: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}")
+        bs = self.config.batch_size
+        was_training = self._model.training
+        self._model.eval()
+        try:  # traker's score(): the margin of targets[j] at x[j], projected and normalised
+            parts = [
+                self._scorer.project(x[i : i + bs].to(device), targets[i : i + bs])
+                for i in range(0, x.shape[0], bs)
+            ]
+            target_grads = torch.cat(parts)  # (n_test, proj_dim)
+        finally:
+            self._model.train(was_training)
+        scores = self._scorer.scores(self.features_, target_grads)  # (n_train, n_test), CPU
+        scores = scores.to(device) * self.out_to_loss_  # times Q_ii, as traker's finalize_scores
+        return scores.T.contiguous().to(torch.float32)
+
+    def self_influence(self) -> Tensor:
+        """``(n_train,)`` float32: each training point's TRAK score for itself (target ``y_i``)."""
+        self._require_fitted()
+        assert self.self_influence_ is not None
+        return self.self_influence_.clone()
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"proj_dim": self.config.proj_dim, "lambda_reg": self.config.lambda_reg, **self.info_}
+
+
+class _Scorer:
+    """traker's scoring step (``TRAKer.score`` + ``finalize_scores``) without its on-disk store.
+
+    Uses traker's ``FunctionalGradientComputer`` (the same model output function), a fresh
+    ``BasicProjector`` built exactly as for featurizing, traker's normaliser ``sqrt(n_params)`` and
+    its ``BasicScoreComputer``.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TRAKConfig, device: torch.device) -> None:
+        from trak.gradient_computers import FunctionalGradientComputer
+        from trak.modelout_functions import TASK_TO_MODELOUT
+        from trak.score_computers import BasicScoreComputer
+
+        n_params = sum(p.numel() for p in model.parameters())
+        self.gradient_computer = FunctionalGradientComputer(
+            model=model,
+            task=TASK_TO_MODELOUT[cfg.model_output](),
+            grad_dim=n_params,
+            dtype=torch.float32,
+            device=str(device),
+        )
+        self.projector = _projector(model, cfg, device)
+        self.normalize_factor = torch.sqrt(torch.tensor(n_params, dtype=torch.float32))
+        self.score_computer = BasicScoreComputer(
+            dtype=torch.float32,
+            device=str(device),
+            logging_level=logging.WARNING,
+            lambda_reg=float(cfg.lambda_reg),
+        )
+
+    def project(self, x: Tensor, targets: Tensor) -> Tensor:
+        """``(n, proj_dim)`` float32 projected, normalised gradients of the margin of ``targets``."""
+        self.gradient_computer.load_model_params(self.gradient_computer.model)
+        grads = self.gradient_computer.compute_per_sample_grad(batch=(x, targets))
+        grads = self.projector.project(grads, model_id=0)
+        grads /= self.normalize_factor
+        return grads.to(torch.float32).detach()
+
+    def scores(self, features: Tensor, target_grads: Tensor) -> Tensor:
+        """``(n_train, n_test)`` float32 on the CPU: ``features @ target_grads.T`` (traker's matmul)."""
+        accumulator = torch.zeros(features.shape[0], target_grads.shape[0], dtype=torch.float32)
+        self.score_computer.get_scores(features, target_grads, accumulator=accumulator)
+        return accumulator
+
+
+def _projector(model: nn.Module, cfg: TRAKConfig, device: torch.device) -> Any:
+    """traker's ``BasicProjector`` over all parameters (the one traker builds itself on CPU)."""
+    from trak.projectors import BasicProjector, ProjectionType
+
+    return BasicProjector(
+        grad_dim=sum(p.numel() for p in model.parameters()),
+        proj_dim=cfg.proj_dim,
+        seed=cfg.seed,
+        proj_type=ProjectionType(cfg.projection),
+        device=str(device),
+        dtype=torch.float32,
+    )
+
+
+def _num_outputs(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x).shape[-1])
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _traker_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("traker")
+    except PackageNotFoundError:  # pragma: no cover - traker installed from source
+        return "unknown"
