@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from typing import Any, Self
 
@@ -23,6 +24,22 @@ class ConfigError(ValueError):
 def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with help text (shown by ``dabench list --verbose``)."""
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def require_positive_int(value: Any, name: str, *, allow_none: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an int >= 1 (or None when ``allow_none``)."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        extra = " or None" if allow_none else ""
+        raise ConfigError(f"{name} must be an integer >= 1{extra}, got {value!r}")
+
+
+def require_finite(value: Any, name: str, *, allow_zero: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 def stable_hash(payload: Any, length: int = 16) -> str:

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 GradientKind = Literal["loss", "logit"]
 GRADIENT_KINDS = ("loss", "logit")
 
+#: The DualXDA paper's projection dimension for TracIn, GradDot and GradCos.
+PAPER_PROJ_DIM = 128
+
 #: Bytes of float32 in one chunk of the projection matrix.
 CHUNK_BYTES = 32 * 2**20
 

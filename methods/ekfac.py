@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from harness.config import Config, ConfigError, option
+from harness.config import Config, ConfigError, option, require_positive_int
 from harness.measures import model_fingerprint
 from harness.protocols import CHECKPOINTS_ATTR, DataError, Method, Split
 
@@ -84,14 +84,6 @@ PRECISIONS = ("auto", "float32", "float64")
 KRONFLUENCE_DEFAULT_DAMPING = 1e-8
 #: The analysis and factor names inside a cache entry: <entry>/<ANALYSIS>/factors_<strategy>/.
 ANALYSIS = "kronfluence"
-
-
-def _positive_int(value: Any, name: str, *, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        extra = " or None (all)" if allow_none else ""
-        raise ConfigError(f"{name} must be an integer >= 1{extra}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,10 +129,10 @@ class EKFACConfig(Config):
             raise ConfigError(f"fisher must be one of {list(FISHER)}, got {self.fisher!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        _positive_int(self.covariance_max_examples, "covariance_max_examples", allow_none=True)
-        _positive_int(self.lambda_max_examples, "lambda_max_examples", allow_none=True)
+        require_positive_int(self.covariance_max_examples, "covariance_max_examples", allow_none=True)
+        require_positive_int(self.lambda_max_examples, "lambda_max_examples", allow_none=True)
         for name in ("fisher_samples", "factor_batch_size", "train_batch_size", "query_batch_size"):
-            _positive_int(getattr(self, name), name)
+            require_positive_int(getattr(self, name), name)
         if self.damping is not None and (
             isinstance(self.damping, bool)
             or not isinstance(self.damping, int | float)

@@ -51,6 +51,7 @@ from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split
 from methods._gradients import (
     GRADIENT_KINDS,
+    PAPER_PROJ_DIM,
     GaussianProjector,
     GradientKind,
     check_classes,
@@ -67,9 +68,6 @@ if TYPE_CHECKING:
     from harness.cache import Cache
 
 log = logging.getLogger(__name__)
-
-#: The paper's projection dimension (TracIn, GradDot and GradCos).
-PAPER_PROJ_DIM = 128
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.cache import Artefact
-from harness.config import Config, ConfigError, option
+from harness.config import Config, ConfigError, option, require_positive_int
 from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split, feature_split
 
@@ -65,11 +65,6 @@ log = logging.getLogger(__name__)
 PAPER_DEPTH = {"mnist": 6000, "cifar10": 5000, "awa2": 3700}
 
 
-def _positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class LiSSAConfig(Config):
     """Configuration of :class:`LiSSA`; :meth:`paper` holds the DualXDA paper's MNIST settings."""
@@ -83,10 +78,10 @@ class LiSSAConfig(Config):
     batch_size: int = option(512, "points per forward pass when computing features and gradients")
 
     def __post_init__(self) -> None:
-        _positive_int(self.depth, "depth")
-        _positive_int(self.repeats, "repeats")
-        _positive_int(self.hvp_batch_size, "hvp_batch_size")
-        _positive_int(self.batch_size, "batch_size")
+        require_positive_int(self.depth, "depth")
+        require_positive_int(self.repeats, "repeats")
+        require_positive_int(self.hvp_batch_size, "hvp_batch_size")
+        require_positive_int(self.batch_size, "batch_size")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.scale, bool) or not (

@@ -39,6 +39,7 @@ from harness.config import Config, ConfigError, option
 from harness.measures import model_fingerprint
 from harness.protocols import CapabilityError, Checkpoint, DataError, Method, Split, training_checkpoints
 from methods._gradients import (
+    PAPER_PROJ_DIM,
     GaussianProjector,
     check_classes,
     check_common_options,
@@ -55,9 +56,6 @@ if TYPE_CHECKING:
     from harness.cache import Cache
 
 log = logging.getLogger(__name__)
-
-#: The paper's projection dimension.
-PAPER_PROJ_DIM = 128
 
 
 @dataclass(frozen=True, kw_only=True)

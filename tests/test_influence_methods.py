@@ -261,3 +261,23 @@ def test_lissa_divergence_is_reported(toy, tmp_path: Path) -> None:
     method = _fit(_lissa_small(scale=1e-4, depth=600, repeats=1), model, train, tmp_path)
     with pytest.raises(RuntimeError, match="increase scale"):
         method.explain(x, targets)
+
+
+def test_arnoldi_func_embeddings_equal_captums(toy, tmp_path: Path) -> None:
+    """The vmapped embedding path gives captum's own embeddings (its per-example loop)."""
+    model, train, x, targets = toy
+    fitted = {
+        path: _fit(_arnoldi_small(embeddings=path), model, train, tmp_path / path)
+        for path in ("func", "captum")
+    }
+    torch.testing.assert_close(fitted["func"].train_emb_, fitted["captum"].train_emb_, rtol=1e-4, atol=1e-6)
+    func, captum = (fitted[p].explain(x, targets) for p in ("func", "captum"))
+    torch.testing.assert_close(func, captum, rtol=1e-4, atol=1e-6)
+    # and for a layer subset, where the other parameters stay frozen
+    sub = {
+        path: _fit(
+            _arnoldi_small(embeddings=path, layers=("classifier",)), model, train, tmp_path / f"s{path}"
+        )
+        for path in ("func", "captum")
+    }
+    torch.testing.assert_close(sub["func"].explain(x, targets), sub["captum"].explain(x, targets))
