@@ -29,7 +29,8 @@ training embeddings (one per-sample gradient per training point); both are cache
 stored ``R`` without rerunning the iteration. ``explain`` = per-sample gradients of the test points
 plus a ``(n_test, k) x (k, N)`` matmul. The embeddings are computed from vmapped per-sample
 gradients (torch.func) times ``R`` by default; captum's own per-example loop (``embeddings="captum"``)
-gives the same numbers about 20x slower on a CPU and stays as the reference path.
+gives the same numbers and stays as the reference path (captum with its sample-wise trick took 89.6 ms
+per MNIST test point for BasicConv on 2 CPU cores, this path 11.4 ms).
 
 Self-influence (captum's ``||e(x_i, y_i)||^2``, rescaled like the attributions) comes for free from
 the cached embeddings.
@@ -255,8 +256,8 @@ class ArnoldiIF(Method):
 
         ``embeddings="func"``: per-sample CE gradients of the attributed parameters, vmapped with
         torch.func over a batch, times captum's ``R`` (``(P, k)``); ``"captum"``: captum's own
-        ``compute_intermediate_quantities`` (one backward pass per example: about 90 ms per point
-        for BasicConv on 2 CPU cores against a few ms). Both give the same numbers (tests).
+        ``compute_intermediate_quantities`` (one backward pass per example). Both give the same
+        numbers (tests).
         """
         device = next(inst.model.parameters()).device
         bs = self.config.batch_size

@@ -87,7 +87,9 @@ class GradDotConfig(Config):
     )
     batch_size: int = option(32, "points per vmapped per-sample gradient batch")
     projection_memory_mb: float = option(
-        256.0, "MiB of projection-matrix chunks kept in memory; the rest is regenerated per batch"
+        1024.0,
+        "MiB of projection-matrix chunks kept in memory, the rest regenerated per batch (same matrix "
+        "whatever the budget; BasicConv at proj_dim 128 needs 645 MiB to keep it whole)",
     )
 
     def __post_init__(self) -> None:
