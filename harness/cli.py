@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p_run)
 
-    p_suite = sub.add_parser("suite", help="run a named suite (default, quick), then report")
-    p_suite.add_argument("name", help="suite name: default or quick")
+    p_suite = sub.add_parser("suite", help="run a named suite (default, quick, methods), then report")
+    p_suite.add_argument("name", help="suite name: default, quick or methods (harness/suites.py)")
     _common(p_suite)
 
     p_report = sub.add_parser("report", help="method x metric tables (CSV, Markdown) from records")

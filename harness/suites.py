@@ -23,8 +23,17 @@ DUALDA_C_GRID = (1e-5, 1e-3, 1e-1)  # the paper's grid (methods.dualda.C_GRID; n
 SUITE_METHODS = ("representer", "lissa")
 
 
+#: Every other registered method: in the ``methods`` suite, on a training set small enough for them.
+GRADIENT_METHODS = ("arnoldi", "ekfac", "tracin", "graddot", "gradcos", "trak")
+
+
 def _mnist_std(
-    n_train: int | None, n_test: int, task_preset: str, timing: TimingConfig, **paths: str
+    n_train: int | None,
+    n_test: int,
+    task_preset: str,
+    timing: TimingConfig,
+    extra_methods: tuple[str, ...] = (),
+    **paths: str,
 ) -> list[RunSpec]:
     overrides = (("variant", "std"), ("n_test", n_test)) + (
         (("n_train", n_train),) if n_train is not None else ()
@@ -34,7 +43,7 @@ def _mnist_std(
     methods += [ComponentSpec("dualda", (("C", c),), "quick") for c in DUALDA_C_GRID]
     for name in ("feature_similarity", "input_similarity"):
         methods += [ComponentSpec(name, (("metric", m),), "quick") for m in SIMILARITIES]
-    methods += [ComponentSpec(name, preset="quick") for name in SUITE_METHODS]
+    methods += [ComponentSpec(name, preset="quick") for name in SUITE_METHODS + extra_methods]
     metrics = [ComponentSpec("class_detection"), ComponentSpec("sparsity")]
     return expand(task, methods, metrics, seeds=[0], timing=timing, **paths)
 
@@ -49,7 +58,16 @@ def quick(**paths: str) -> list[RunSpec]:
     return _mnist_std(6000, 200, "quick", TimingConfig(repeats=3), **paths)
 
 
-SUITES: dict[str, Callable[..., list[RunSpec]]] = {"default": default, "quick": quick}
+def methods(**paths: str) -> list[RunSpec]:
+    """Every registered method on 2,000 training and 100 test points (quick presets).
+
+    The one grid that runs the gradient-based methods (GRADIENT_METHODS) on a CPU today; its task is
+    smaller than ``quick``'s, so its rows are not comparable with the other suites'.
+    """
+    return _mnist_std(2000, 100, "quick", TimingConfig(repeats=3), GRADIENT_METHODS, **paths)
+
+
+SUITES: dict[str, Callable[..., list[RunSpec]]] = {"default": default, "quick": quick, "methods": methods}
 
 
 def get_suite(name: str, **paths: str) -> list[RunSpec]:
