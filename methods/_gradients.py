@@ -30,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from harness.config import Config, ConfigError, option, require_positive_int
 from harness.protocols import DataError
 
 if TYPE_CHECKING:
@@ -282,18 +284,37 @@ def model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def check_common_options(proj_dim: object, seed: object, batch_size: object, memory_mb: object) -> None:
-    """Validate the options every gradient method shares; raise :class:`ConfigError` naming the fix."""
-    from harness.config import ConfigError
+@dataclass(frozen=True, kw_only=True)
+class ProjectedGradientOptions(Config):
+    """The options every projected-gradient method shares (GradDot, GradCos, TracIn)."""
 
-    if proj_dim is not None and (isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 0):
-        raise ConfigError(
-            f"proj_dim must be a positive integer (paper: 128), or None / 0 for exact gradients without "
-            f"projection, got {proj_dim!r}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer (it seeds the projection matrix), got {seed!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int | float) or not memory_mb >= 0:
-        raise ConfigError(f"projection_memory_mb must be a number >= 0 (MiB), got {memory_mb!r}")
+    proj_dim: int | None = option(
+        PAPER_PROJ_DIM, "random projection dimension (paper: 128); None or 0 = exact gradients"
+    )
+    seed: int = option(0, "seed of the Gaussian projection matrix (one matrix for every checkpoint)")
+    batch_size: int = option(32, "points per vmapped per-sample gradient batch")
+    projection_memory_mb: float = option(
+        1024.0,
+        "MiB of projection-matrix chunks kept in memory, the rest regenerated per batch (same matrix "
+        "whatever the budget; BasicConv at proj_dim 128 needs 645 MiB to keep it whole)",
+    )
+
+    def __post_init__(self) -> None:
+        proj_dim, memory_mb = self.proj_dim, self.projection_memory_mb
+        if proj_dim is not None and (
+            isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 0
+        ):
+            raise ConfigError(
+                f"proj_dim must be a positive integer (paper: 128), or None / 0 for exact gradients "
+                f"without projection, got {proj_dim!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer (it seeds the projection matrix), got {self.seed!r}")
+        require_positive_int(self.batch_size, "batch_size")
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int | float) or not memory_mb >= 0:
+            raise ConfigError(f"projection_memory_mb must be a number >= 0 (MiB), got {memory_mb!r}")
+
+    @property
+    def projection(self) -> int | None:
+        """The projection dimension, ``None`` for exact gradients (``proj_dim`` None or 0)."""
+        return self.proj_dim or None

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.cache import Artefact
-from harness.config import Config, ConfigError, option
+from harness.config import ConfigError, option
 from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split
 from methods._gradients import (
@@ -54,8 +54,8 @@ from methods._gradients import (
     PAPER_PROJ_DIM,
     GaussianProjector,
     GradientKind,
+    ProjectedGradientOptions,
     check_classes,
-    check_common_options,
     model_device,
     model_state,
     num_outputs,
@@ -71,13 +71,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class GradDotConfig(Config):
+class GradDotConfig(ProjectedGradientOptions):
     """Configuration of :class:`GradDot`; :meth:`paper` holds the DualXDA paper's settings."""
 
-    proj_dim: int | None = option(
-        PAPER_PROJ_DIM, "random projection dimension (paper: 128); None or 0 = exact gradients"
-    )
-    seed: int = option(0, "seed of the Gaussian projection matrix")
     test_gradient: GradientKind = option(
         "logit", "test-side gradient: logit = d f_c(x)/d theta (paper), loss = d CE(f(x), c)/d theta"
     )
@@ -85,26 +81,15 @@ class GradDotConfig(Config):
         "logit",
         "train-side gradient: logit = d f_{y_i}(x_i)/d theta (the authors' code), loss = d CE/d theta",
     )
-    batch_size: int = option(32, "points per vmapped per-sample gradient batch")
-    projection_memory_mb: float = option(
-        1024.0,
-        "MiB of projection-matrix chunks kept in memory, the rest regenerated per batch (same matrix "
-        "whatever the budget; BasicConv at proj_dim 128 needs 645 MiB to keep it whole)",
-    )
 
     def __post_init__(self) -> None:
-        check_common_options(self.proj_dim, self.seed, self.batch_size, self.projection_memory_mb)
+        super().__post_init__()
         for key in ("test_gradient", "train_gradient"):
             if getattr(self, key) not in GRADIENT_KINDS:
                 raise ConfigError(
                     f"{key} must be one of {list(GRADIENT_KINDS)} (paper: 'logit'), "
                     f"got {getattr(self, key)!r}"
                 )
-
-    @property
-    def projection(self) -> int | None:
-        """The projection dimension, ``None`` for exact gradients (``proj_dim`` None or 0)."""
-        return self.proj_dim or None
 
     @classmethod
     def paper(cls) -> GradDotConfig:

@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.cache import Artefact
-from harness.config import Config, ConfigError, option
+from harness.config import ConfigError, option
 from harness.measures import model_fingerprint
 from harness.protocols import CapabilityError, Checkpoint, DataError, Method, Split, training_checkpoints
 from methods._gradients import (
     PAPER_PROJ_DIM,
     GaussianProjector,
+    ProjectedGradientOptions,
     check_classes,
-    check_common_options,
     model_device,
     model_state,
     num_outputs,
@@ -59,32 +59,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class TracInConfig(Config):
+class TracInConfig(ProjectedGradientOptions):
     """Configuration of :class:`TracIn`; :meth:`paper` holds the DualXDA paper's settings."""
 
-    proj_dim: int | None = option(
-        PAPER_PROJ_DIM, "random projection dimension (paper: 128); None or 0 = exact gradients"
-    )
-    seed: int = option(0, "seed of the Gaussian projection matrix (one matrix for all checkpoints)")
     min_checkpoints: int = option(1, "fail unless the model carries at least this many checkpoints")
-    batch_size: int = option(32, "points per vmapped per-sample gradient batch")
-    projection_memory_mb: float = option(
-        1024.0,
-        "MiB of projection-matrix chunks kept in memory, the rest regenerated per batch (same matrix "
-        "whatever the budget; BasicConv at proj_dim 128 needs 645 MiB to keep it whole)",
-    )
 
     def __post_init__(self) -> None:
-        check_common_options(self.proj_dim, self.seed, self.batch_size, self.projection_memory_mb)
+        super().__post_init__()
         if isinstance(self.min_checkpoints, bool) or not isinstance(self.min_checkpoints, int):
             raise ConfigError(f"min_checkpoints must be an integer >= 1, got {self.min_checkpoints!r}")
         if self.min_checkpoints < 1:
             raise ConfigError(f"min_checkpoints must be >= 1, got {self.min_checkpoints}")
-
-    @property
-    def projection(self) -> int | None:
-        """The projection dimension, ``None`` for exact gradients (``proj_dim`` None or 0)."""
-        return self.proj_dim or None
 
     @classmethod
     def paper(cls) -> TracInConfig:
