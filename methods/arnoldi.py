@@ -145,6 +145,7 @@ class ArnoldiIF(Method):
         self._device: torch.device | None = None
         self._factor: float = 1.0  # N_h / N
         self._layers: list[str] | None = None  # captum's layer list (None: all parameters)
+        self._projection: _Projection | None = None  # captum's R as (P, k), for embeddings="func"
 
     # ----- lifecycle --------------------------------------------------------------------------
     def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
@@ -259,10 +260,10 @@ class ArnoldiIF(Method):
         ``compute_intermediate_quantities`` (one backward pass per example). Both give the same
         numbers (tests).
         """
+        if self.config.embeddings == "func":
+            return self._embed_func(inst.model, self._projection_of(inst), x, y)
         device = next(inst.model.parameters()).device
         bs = self.config.batch_size
-        if self.config.embeddings == "func":
-            return self._embed_func(inst, x, y)
         # captum iterates DataLoaders, which draw a base seed from the global RNG: restore it
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             parts = [
@@ -275,14 +276,19 @@ class ArnoldiIF(Method):
             ]
         return torch.cat(parts)
 
-    def _embed_func(self, inst: Any, x: Tensor, y: Tensor) -> Tensor:
-        model = inst.model
+    def _projection_of(self, inst: Any) -> _Projection:
+        """captum's ``R`` as one ``(P, k)`` matrix, built once per fitted captum object."""
+        if self._projection is None or self._projection.owner is not inst:
+            r_flat = torch.stack([torch.cat([t.reshape(-1) for t in vec]) for vec in inst.R])
+            self._projection = _Projection(r_flat.T.contiguous(), owner=inst)
+        return self._projection
+
+    def _embed_func(self, model: nn.Module, projection: _Projection, x: Tensor, y: Tensor) -> Tensor:
         name_of = {id(p): n for n, p in model.named_parameters()}
         attributed = _params(model, self._layers)  # captum's order, the order of R's columns
         params = {name_of[id(p)]: p.detach() for p in attributed}
         frozen = {n: p.detach() for n, p in model.named_parameters() if n not in params}
         buffers = {n: b.detach() for n, b in model.named_buffers()} | frozen
-        r_flat = torch.stack([torch.cat([t.reshape(-1) for t in vec]) for vec in inst.R])
         return per_sample_gradients(
             model,
             params,
@@ -291,7 +297,7 @@ class ArnoldiIF(Method):
             y,
             kind="loss",
             batch_size=self.config.batch_size,
-            projector=_Projection(r_flat.T.contiguous()),
+            projector=projection,
             desc="arnoldi embeddings",
         )
 
@@ -329,9 +335,10 @@ class ArnoldiIF(Method):
 class _Projection:
     """The ``project`` hook of :func:`per_sample_gradients` for a fixed ``(P, k)`` matrix."""
 
-    def __init__(self, matrix: Tensor) -> None:
+    def __init__(self, matrix: Tensor, owner: Any = None) -> None:
         self.matrix = matrix
         self.proj_dim = int(matrix.shape[1])
+        self.owner = owner  # the captum object whose R this is
 
     def project(self, flat: Tensor) -> Tensor:
         return flat @ self.matrix.to(flat.dtype)
