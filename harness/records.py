@@ -12,7 +12,8 @@ Schema (``SCHEMA_VERSION`` 1); every key is always present, ``None`` where it do
                      "n_train", "n_test", "num_classes", "model": {"key", "cached", "test_accuracy"}}
     metrics         {name: {"value", "direction", "version", "config", "details", "status", "error"}}
     timings         {"model_s", "fit": {"cold_s", "warm_s"}, "explain": {per-point stats, "n_points",
-                     "batch_size", "warmup", "total_s"}, "self_influence_s", "metrics_s": {name: s}}
+                     "batch_size", "warmup", "total_s"}, "self_influence_s" (None unless the method
+                     has self-influence and a metric reads it), "metrics_s": {name: s}}
     memory          {"fit", "explain", "self_influence": peak-memory readings in MiB}
     sparsity        {"exact_zero_share", "l0_eps", "hoyer"} of the explanation matrix
     diagnostics     method-specific numbers (e.g. support vectors)

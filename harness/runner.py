@@ -422,9 +422,11 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     record["memory"]["explain"] = explain_memory.to_dict()
     record["sparsity"] = sparsity_summary(explanations, device=device)
 
-    # --- self-influence where supported.
+    # --- self-influence where supported and a metric reads it (it can cost as much as explaining
+    # the whole training set, e.g. EK-FAC or LiSSA).
     self_influence = None
-    if "self_influence" in method.supports:
+    wanted = any("self_influence" in metric.needs for metric in resolved.metrics)
+    if "self_influence" in method.supports and wanted:
         self_influence, si_timing = timed(lambda: method.self_influence().detach().cpu())
         timings["self_influence_s"] = si_timing.seconds
         record["memory"]["self_influence"] = si_timing.memory.to_dict()

@@ -141,10 +141,10 @@ def test_shapes_dtype_device_and_explain_before_fit(make, toy, tmp_path: Path) -
 
 
 def test_class_attributes() -> None:
-    assert LiSSA.supports == {"cache"} and LiSSA.self_influence_definition == ""
+    assert LiSSA.supports == {"cache", "self_influence"} and LiSSA.self_influence_definition
     assert "last layer" in LiSSA.attributes_through
     assert ArnoldiIF.supports == {"cache", "self_influence"} and ArnoldiIF.self_influence_definition
-    with pytest.raises(CapabilityError):
+    with pytest.raises(NotFittedError):
         LiSSA().self_influence()
     paper = LiSSAConfig.paper()
     assert (paper.depth, paper.repeats, paper.scale, paper.damping, paper.hvp_batch_size) == (
@@ -177,6 +177,25 @@ def test_lissa_deterministic_under_seed_and_row_independent(toy, tmp_path: Path)
     assert not torch.equal(a, other)
     method = _fit(_lissa_small(), model, train, tmp_path / "d")
     torch.testing.assert_close(method.explain(x[:2], targets[:2]), a[:2], rtol=1e-5, atol=1e-7)
+
+
+def test_lissa_self_influence_is_the_diagonal_of_explain_on_the_training_set(toy, tmp_path: Path) -> None:
+    model, train, _, _ = toy
+    method = _fit(_lissa_small(self_influence_chunk=7), model, train, tmp_path)  # chunks of 7 rows
+    diagonal = method.explain(train.x, train.y).diagonal()
+    self_scores = method.self_influence()
+    assert self_scores.shape == (len(train),) and self_scores.dtype == torch.float32
+    torch.testing.assert_close(self_scores, diagonal, rtol=1e-5, atol=1e-6 * float(diagonal.abs().max()))
+    assert (self_scores > 0).all()  # g^T (H + damping I)^{-1} g with H positive semi-definite
+
+
+def test_lissa_self_influence_matches_closed_form(problem, tmp_path: Path) -> None:
+    pb, _ = problem
+    config = LiSSAConfig(depth=600, repeats=2, scale=2.0, damping=pb.l2 / 2, hvp_batch_size=512)
+    method = _fit(LiSSA(config), pb.model, pb.train, tmp_path)
+    exact = exact_attributions(pb, pb.train.x, pb.train.y, damping=config.effective_damping).diagonal()
+    rho = float(spearmanr(method.self_influence().double().numpy(), exact.numpy())[0])
+    assert rho >= 0.95, rho
 
 
 def test_lissa_recomputing_features_gives_the_same_outputs(toy, tmp_path: Path) -> None:
