@@ -61,7 +61,8 @@ class Split:
     x: Tensor
     y: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
-    _fingerprint: str | None = field(default=None, repr=False)
+    # init=False: dataclasses.replace() never carries a stale hash over to changed x or y
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

