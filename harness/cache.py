@@ -58,6 +58,11 @@ class Cache:
         """A view of this cache under ``<kind>/<name>``; statistics are shared with the parent."""
         return Cache(self.root, self._scope + parts, self.stats)
 
+    @property
+    def scope_parts(self) -> tuple[str, ...]:
+        """The ``(kind, name, ...)`` parts this view is scoped to (``Cache(root, parts)`` rebuilds it)."""
+        return self._scope
+
     def path_for(self, key: dict[str, Any]) -> Path:
         return self.root.joinpath(*self._scope, stable_hash(key, length=24))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -314,9 +314,47 @@ class Task(ABC):
 # =============================================================================================
 # Metric
 # =============================================================================================
+class Counterfactuals(ABC):
+    """Models retrained on subsets of the training set, for metrics that retrain (LDS, coreset
+    selection, data pruning). The harness provides it (:class:`harness.retrain.Retrainer`): models
+    are trained with the task's own recipe and the run's seed, cached by content hash and shared by
+    every method of a grid."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        subsets: Sequence[Tensor],
+        evaluate: Callable[[nn.Module], Tensor],
+        *,
+        purpose: str,
+        epochs: int | None = None,
+    ) -> list[Tensor]:
+        """``[evaluate(model_k) for each subset k]``, ``model_k`` trained on ``train[subsets[k]]``.
+
+        Parameters
+        ----------
+        subsets:
+            Each a ``(m_k,)`` long tensor of positions in ``data.train`` (order does not matter: a
+            subset is a set, so equal sets share one model).
+        evaluate:
+            Called once per model (in eval mode, on the run's device); its result is kept, the model
+            is not.
+        purpose:
+            Shown on the progress bar ("lds", "coreset_selection", ...).
+        epochs:
+            Training epochs instead of the task's own (None: the task's recipe unchanged).
+        """
+
+
 @dataclass
 class MetricContext:
-    """Everything a metric may read. ``explanations`` rows follow ``data.test`` order."""
+    """Everything a metric may read. ``explanations`` rows follow ``data.test`` order.
+
+    ``retrain`` retrains models on subsets of the training set (None where the harness offers
+    none); ``explain_with`` fits a fresh instance of the run's method, with the run's config, on
+    another model (same training data) and returns its ``(n_test, n_train)`` explanations of
+    ``data.test.x`` for ``targets`` (model randomization).
+    """
 
     data: TaskData
     model: nn.Module
@@ -325,6 +363,8 @@ class MetricContext:
     self_influence: Tensor | None  # (n_train,) or None when the method has none
     cache: Cache
     device: Any = None
+    retrain: Counterfactuals | None = None
+    explain_with: Callable[[nn.Module], Tensor] | None = None
 
 
 @dataclass

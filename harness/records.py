@@ -15,7 +15,10 @@ Schema (``SCHEMA_VERSION`` 1); every key is always present, ``None`` where it do
                      "batch_size", "warmup", "total_s"}, "self_influence_s" (None unless the method
                      has self-influence and a metric reads it), "metrics_s": {name: s}}
     memory          {"fit", "explain", "self_influence": peak-memory readings in MiB}
-    sparsity        {"exact_zero_share", "l0_eps", "hoyer"} of the explanation matrix
+    sparsity        {"exact_zero_share", "l0_eps", "hoyer"} of the explanation matrix (None when malformed)
+    explanation_error  None, or why the explanation matrix is unusable (wrong shape, NaN); every
+                    metric that reads explanations then fails with it (absent from records
+                    written before it existed)
     diagnostics     method-specific numbers (e.g. support vectors)
     git             {"commit", "dirty"}
     environment     {"python", "platform", "torch", "device", "cpu", "gpu", "threads", "packages"}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,19 +19,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import records
-from harness.cache import Artefact, Cache
+from harness.cache import Cache
 from harness.config import Config, ConfigError, option, stable_hash
 from harness.measures import sparsity_summary
+from harness.models import (
+    Retrainer,
+    get_or_train_model,
+    load_task_data,
+    predict,
+    seed_everything,
+    select_device,
+)
 from harness.protocols import (
-    CHECKPOINTS_ATTR,
     CapabilityError,
-    Checkpoint,
+    DataError,
     Method,
     Metric,
     MetricContext,
     Task,
-    TaskData,
-    TrainedModel,
 )
 from harness.registry import METHODS, METRICS, TASKS
 from harness.timing import RepeatStats, now, peak_memory, timed
@@ -40,6 +44,8 @@ from harness.timing import RepeatStats, now, peak_memory, timed
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
+
+    from harness.protocols import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,8 @@ class RunSpec:
     results_dir: str = "results"
     cache_dir: str = "cache"
     timing: TimingConfig = field(default_factory=TimingConfig)
+    #: processes that train counterfactual models for retraining metrics (changes no output)
+    retrain_workers: int = 1
 
     def resolve(self) -> ResolvedSpec:
         """Check names and configs (no data is loaded); raises a one-line error on bad input."""
@@ -156,106 +164,6 @@ class ResolvedSpec:
 
     def record_path(self) -> Path:
         return Path(self.spec.results_dir) / "records" / f"{self.run_id}.json"
-
-
-# =============================================================================================
-# Shared, expensive inputs (memoised in-process; models also content-addressed on disk)
-# =============================================================================================
-_DATA_MEMO: dict[str, TaskData] = {}
-
-
-def load_task_data(task: Task) -> TaskData:
-    key = stable_hash([task.name, task.version, task.config.to_dict()])
-    if key not in _DATA_MEMO:
-        _DATA_MEMO[key] = task.load()
-    return _DATA_MEMO[key]
-
-
-def select_device() -> torch.device:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch. Only the harness seeds; library code never does."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def model_key(task: Task, data: TaskData, seed: int) -> dict[str, Any]:
-    return {
-        "task": task.name,
-        "task_version": task.version,
-        "architecture": task.architecture,
-        "variant": data.variant,
-        "train_data": data.train.fingerprint(),
-        "training": task.training_config(),
-        "seed": seed,
-        "stored": "weights+checkpoints",
-    }
-
-
-def get_or_train_model(
-    task: Task, data: TaskData, seed: int, cache: Cache, device: torch.device
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained model for (data, variant, architecture, training config, seed); cached on disk."""
-    key = model_key(task, data, seed)
-    store = cache.scope("models", task.name)
-    cached = store.contains(key)
-
-    def train() -> Artefact:
-        seed_everything(seed)
-        model = task.build_model().to(device)
-        trained: TrainedModel = task.train_model(model, data, device=device)
-        tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in trained.model.state_dict().items()}
-        for i, checkpoint in enumerate(trained.checkpoints):
-            tensors.update(
-                {f"checkpoint{i}.{k}": v.detach().cpu().clone() for k, v in checkpoint.state.items()}
-            )
-        checkpoints = [{"epoch": c.epoch, "lr": c.lr} for c in trained.checkpoints]
-        return Artefact(tensors=tensors, meta={"history": trained.history, "checkpoints": checkpoints})
-
-    (artefact, timing) = timed(lambda: store.get_or_create(key, train))
-    model = task.build_model()
-    model.load_state_dict(_with_prefix(artefact.tensors, "model."))
-    model = model.to(device).eval()
-    setattr(
-        model,
-        CHECKPOINTS_ATTR,
-        [
-            Checkpoint(epoch=c["epoch"], lr=c["lr"], state=_with_prefix(artefact.tensors, f"checkpoint{i}."))
-            for i, c in enumerate(artefact.meta.get("checkpoints", []))
-        ],
-    )
-    info = {
-        "key": stable_hash(key, length=24),
-        "cached": cached,
-        "seconds": timing.seconds,
-        "history": artefact.meta.get("history", {}),
-    }
-    return model, info
-
-
-def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return torch.cat(
-            [
-                model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu()
-                for i in range(0, len(x), batch_size)
-            ]
-        )
 
 
 # =============================================================================================
@@ -334,6 +242,7 @@ def _empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
         "timings": {},
         "memory": {},
         "sparsity": None,
+        "explanation_error": None,
         "diagnostics": {},
         "git": records.git_info(),
         "environment": records.environment(),
@@ -408,7 +317,12 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
             explanations = explain_all(method, test_x, targets, batch, device)
             stats.per_item_s.append((now() - start) / len(test_x))
     assert explanations is not None
-    _check_explanations(explanations, len(test_x), len(data.train), method.name)
+    # A malformed matrix fails every metric that reads explanations (each with this message); the
+    # timings and the metrics that read only self-influence are still recorded.
+    problem = _explanation_problem(explanations, len(test_x), len(data.train), method.name)
+    record["explanation_error"] = problem
+    if problem:
+        log.error("%s", problem)
     timings["explain"] = {
         **{f"per_point_{k}": v for k, v in stats.to_dict().items() if k != "repeats"},
         "repeats": spec.timing.repeats,
@@ -420,7 +334,7 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
         "extrapolated": len(test_x) < n_test_total,
     }
     record["memory"]["explain"] = explain_memory.to_dict()
-    record["sparsity"] = sparsity_summary(explanations, device=device)
+    record["sparsity"] = None if problem else sparsity_summary(explanations, device=device)
 
     # --- self-influence where supported and a metric reads it (it can cost as much as explaining
     # the whole training set, e.g. EK-FAC or LiSSA).
@@ -444,16 +358,33 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
         self_influence=self_influence,
         cache=cache.scope("metrics"),
         device=device,
+        retrain=Retrainer(task, data, spec.seed, cache, device, workers=spec.retrain_workers),
+        explain_with=lambda other: _explain_with(method, other, data, targets, method_cache, spec),
     )
     timings["metrics_s"] = {}
     for metric in resolved.metrics:
         record["metrics"][metric.name], timings["metrics_s"][metric.name] = _run_metric(
-            metric, context, data.variant, method.supports
+            metric, context, data.variant, method.supports, problem
         )
 
 
+def _explain_with(
+    method: Method, model: nn.Module, data: TaskData, targets: Tensor, cache: Cache, spec: RunSpec
+) -> Tensor:
+    """Explanations of ``data.test`` by a fresh instance of ``method`` (same config) fitted on ``model``."""
+    other = type(method)(method.config)
+    seed_everything(spec.seed)
+    other.fit(model, data.train, cache=cache)
+    device = next(model.parameters()).device
+    return explain_all(other, data.test.x, targets, spec.timing.batch_size, device)
+
+
 def _run_metric(
-    metric: Metric, ctx: MetricContext, variant: str, supports: frozenset[str]
+    metric: Metric,
+    ctx: MetricContext,
+    variant: str,
+    supports: frozenset[str],
+    explanation_problem: str | None,
 ) -> tuple[dict[str, Any], float | None]:
     entry: dict[str, Any] = {
         "value": None,
@@ -466,6 +397,8 @@ def _run_metric(
     }
     try:
         metric.check_applicable(variant, supports)
+        if explanation_problem and "explanations" in metric.needs:
+            raise DataError(explanation_problem)
         result, timing = timed(lambda: metric.compute(ctx))
     except Exception as err:  # recorded; the other metrics go on
         level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
@@ -480,16 +413,19 @@ def _run_metric(
     return entry, timing.seconds
 
 
-def _check_explanations(explanations: Tensor, n_test: int, n_train: int, name: str) -> None:
+def _explanation_problem(explanations: Tensor, n_test: int, n_train: int, name: str) -> str | None:
+    """What is wrong with a method's explanation matrix, or None."""
     import torch
 
     if tuple(explanations.shape) != (n_test, n_train):
-        raise ValueError(
-            f"method {name!r} returned explanations of shape {tuple(explanations.shape)}; "
-            f"expected (n_test, n_train) = ({n_test}, {n_train})"
+        return (
+            f"method {name!r} returned explanations of shape {tuple(explanations.shape)}; expected "
+            f"(n_test, n_train) = ({n_test}, {n_train}): explain(x, targets) must return one row per test "
+            "point and one column per training point"
         )
     if not torch.isfinite(explanations).all():
-        raise ValueError(f"method {name!r} returned non-finite attributions")
+        return f"method {name!r} returned non-finite attributions (NaN or inf)"
+    return None
 
 
 # =============================================================================================
