@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="default",
         choices=["default", "quick", "paper"],
-        help="config preset of task and methods before overrides",
+        help="config preset of task, methods and metrics before overrides",
     )
     _common(p_run)
 
@@ -183,8 +183,8 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
     methods += [ComponentSpec.parse(text, args.preset) for text in args.method]
     if not methods:
         raise ConfigError("no method given: pass --methods random,... or --method NAME[:K=V]")
-    metrics = [ComponentSpec(name) for name in _split(args.metrics)]
-    metrics += [ComponentSpec.parse(text) for text in args.metric]
+    metrics = [ComponentSpec(name, preset=args.preset) for name in _split(args.metrics)]
+    metrics += [ComponentSpec.parse(text, args.preset) for text in args.metric]
     for spec in methods:
         METHODS.check_name(spec.name)
     for spec in metrics:

@@ -53,8 +53,10 @@ class Split:
     x: (n, *input_shape) float tensor, already normalised as the model expects.
     y: (n,) long tensor: the labels the model was TRAINED on for the train split (e.g. the flipped
         labels of the corrupt variant, the superclass of the group variant); true labels otherwise.
-    meta: per-variant extras, e.g. ``fine_labels`` (n,), ``flipped`` (indices), ``marked`` (indices),
-        ``indices`` (positions in the source dataset).
+    meta: per-variant extras as ``(n,)`` tensors (they follow reordering and cutting):
+        ``fine_labels`` long (group), ``true_labels`` long and ``flipped`` bool (corrupt),
+        ``marked`` bool (mark), ``indices`` long (positions in the source dataset); see
+        :mod:`tasks.variants`.
     """
 
     name: str

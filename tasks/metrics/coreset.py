@@ -1,0 +1,160 @@
+"""Coreset selection and data pruning: retrain on the most / least important training points.
+
+Metrics 6 and 7 of DualXDA (Yolcu et al., arXiv 2402.12118; ../shared/reference/dualxda-paper.md)::
+
+    g_i        = sum_j |A[j, i]|                          global importance of training point i
+    top_f      = the ceil(f * N) points of largest g      (coreset selection)
+    bottom_f   = the ceil(f * N) points of smallest g     (data pruning: the top ones are pruned)
+    CE(S)      = mean over test points j of cross-entropy(model trained on S)(x_j, y_j)
+    coreset    = mean_{f in 10%, 20%, ..., 100%} CE(top_f)      lower is better
+    pruning    = mean_{f in 10%, 20%, ..., 100%} CE(bottom_f)   lower is better
+
+``y_j`` are the test points' TRUE labels (the labels the task's model is trained to predict: the
+superclass in the group variant). Ties in ``g`` are broken by training index (a stable sort), so a
+method with many exact zeros (DualDA) gets a deterministic order. The models come from the
+harness' retraining service (``ctx.retrain``): the task's recipe, the run's seed, cached by
+content hash, so equal subsets (every method's 100%, and methods that rank alike) share a model.
+quanda 0.5.0 has no metric for either, so this module computes them directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from harness.config import Config, ConfigError, option, require_positive_int
+from harness.protocols import DataError, Metric, MetricContext, MetricResult
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+PAPER_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainCurveConfig(Config):
+    """Configuration of :class:`CoresetSelection` and :class:`DataPruning`."""
+
+    fractions: tuple[float, ...] = option(
+        PAPER_FRACTIONS, "shares of the training set retrained on (paper: 0.1, 0.2, ..., 1.0)"
+    )
+    epochs: int | None = option(None, "training epochs of the retrained models (None: the task's recipe)")
+
+    def __post_init__(self) -> None:
+        fractions = self.fractions
+        if isinstance(fractions, str):
+            fractions = (fractions,)
+        if any(isinstance(f, str) for f in fractions):  # from the command line: fractions=0.1;0.5;1.0
+            text = " ".join(str(f) for f in fractions).replace(";", " ")
+            try:
+                fractions = tuple(float(v) for v in text.split())
+            except ValueError as err:
+                raise ConfigError(
+                    f"fractions: write numbers separated by ';', got {self.fractions!r}"
+                ) from err
+        if not fractions or not all(isinstance(f, int | float) and 0 < f <= 1 for f in fractions):
+            raise ConfigError(f"fractions must be numbers in (0, 1], got {self.fractions!r}")
+        object.__setattr__(self, "fractions", tuple(float(f) for f in fractions))
+        if self.epochs is not None:
+            require_positive_int(self.epochs, "epochs")
+
+    @classmethod
+    def paper(cls) -> RetrainCurveConfig:
+        """10%, 20%, ..., 100% (the paper)."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> RetrainCurveConfig:
+        """10%, 30%, 50%, 70%, 100%: five retrainings per method instead of ten for the CPU suite."""
+        return cls(fractions=(0.1, 0.3, 0.5, 0.7, 1.0))
+
+
+class _RetrainCurve(Metric):
+    """Mean test cross-entropy of models retrained on the top or bottom shares by importance."""
+
+    Config = RetrainCurveConfig
+    version = "1"
+    direction = "lower"
+    #: True: keep the most important points (coreset); False: keep the least important (pruning).
+    keep_top: ClassVar[bool] = True
+
+    config: RetrainCurveConfig
+
+    def compute(self, ctx: MetricContext) -> MetricResult:
+        """The mean cross-entropy over the configured fractions.
+
+        Returns
+        -------
+        MetricResult
+            ``value`` the mean test cross-entropy (nats); ``details``: ``fractions``, ``sizes``,
+            ``cross_entropy`` and ``accuracy`` per fraction (the curve).
+        """
+        explanations = _checked(ctx, self.name)
+        if ctx.retrain is None:
+            raise DataError(f"{self.name} retrains models: run it through the harness (ctx.retrain is None)")
+        order = importance_order(explanations, descending=self.keep_top)
+        n = order.numel()
+        sizes = [max(1, math.ceil(f * n - 1e-9)) for f in self.config.fractions]
+        test = ctx.data.test
+
+        def evaluate(model: nn.Module) -> Tensor:
+            return test_loss_and_accuracy(model, test.x, test.y)
+
+        results = ctx.retrain.evaluate(
+            [order[:size] for size in sizes], evaluate, purpose=self.name, epochs=self.config.epochs
+        )
+        losses = [float(r[0]) for r in results]
+        return MetricResult(
+            value=sum(losses) / len(losses),
+            details={
+                "fractions": list(self.config.fractions),
+                "sizes": sizes,
+                "cross_entropy": losses,
+                "accuracy": [float(r[1]) for r in results],
+            },
+        )
+
+
+class CoresetSelection(_RetrainCurve):
+    """Retrain on the most important 10%..100% (by summed |attribution|); mean test CE, lower is better."""
+
+    keep_top = True
+
+
+class DataPruning(_RetrainCurve):
+    """Retrain on the least important 10%..100% (the top ones pruned); mean test CE, lower is better."""
+
+    keep_top = False
+
+
+def importance_order(explanations: Tensor, *, descending: bool) -> Tensor:
+    """``(n_train,)`` training indices sorted by ``sum_j |A[j, i]|``, ties by index (stable)."""
+    importance = explanations.detach().abs().double().sum(dim=0).cpu()
+    return torch.sort(importance, descending=descending, stable=True).indices
+
+
+def test_loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> Tensor:
+    """``(2,)`` float64: mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+    device = next(model.parameters()).device
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size].to(device)).double()
+            yb = y[start : start + batch_size].to(device).long()
+            loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    return torch.tensor([loss / len(x), correct / len(x)], dtype=torch.float64)
+
+
+def _checked(ctx: MetricContext, name: str) -> Tensor:
+    expected = (len(ctx.data.test), len(ctx.data.train))
+    if tuple(ctx.explanations.shape) != expected:
+        raise DataError(
+            f"{name} needs explanations (n_test, n_train) = {expected}; got {tuple(ctx.explanations.shape)}"
+        )
+    if len(ctx.data.test) == 0:
+        raise DataError(f"{name} needs at least one test point")
+    return ctx.explanations
