@@ -55,6 +55,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="explain only the first N test points (slow methods); the record marks the total time as "
         "extrapolated to all test points and the metrics as computed on those N",
     )
+    parser.add_argument(
+        "--retrain-workers",
+        type=int,
+        default=1,
+        metavar="W",
+        help="processes that train counterfactual models for lds/coreset_selection/data_pruning in "
+        "parallel (default 1: in the run's process); changes no result",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -200,7 +208,13 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
 
 
 def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
+    import dataclasses
+
     from harness.runner import run_grid
+
+    if args.retrain_workers < 1:
+        raise ConfigError("--retrain-workers must be at least 1")
+    specs = [dataclasses.replace(s, retrain_workers=args.retrain_workers) for s in specs]
 
     def show(record: dict[str, Any], path: Any) -> None:
         print(_one_line(record), flush=True)

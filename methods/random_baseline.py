@@ -15,6 +15,9 @@ Notation (see :mod:`harness.protocols`): the attribution matrix ``A`` has shape
 from a generator seeded by a stable hash of ``(config.seed, bytes of the test input x_j)``. The
 row of a test point is therefore a pure function of the seed and of that point's content: it does
 not depend on batching, call order, the target class, the global torch seed or the device.
+
+Self-influence: ``N`` draws from the same distribution, from a generator seeded by the hash of
+``(config.seed, "self", N)``: the floor of mislabel detection (about 0.5 in expectation).
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ class RandomAttribution(Method):
 
     Config = RandomConfig
     version = "1"
-    supports = frozenset()
+    supports = frozenset({"self_influence"})
+    attributes_through = "none"
+    self_influence_definition = "i.i.d. random draws (seeded): the floor of mislabel detection"
 
     def __init__(self, config: RandomConfig | None = None) -> None:
         super().__init__(config)
@@ -136,3 +141,14 @@ class RandomAttribution(Method):
         if not rows:
             return torch.empty(0, self.n_train_, dtype=torch.float32, device=x.device)
         return torch.stack(rows).to(device=x.device, dtype=torch.float32)
+
+    def self_influence(self) -> Tensor:
+        """``(n_train,)`` float32 random draws, a pure function of the seed and ``n_train``."""
+        self._require_fitted()
+        assert self.n_train_ is not None
+        config: RandomConfig = self.config  # type: ignore[assignment]
+        digest = hashlib.blake2b(f"{config.seed}|self|{self.n_train_}".encode(), digest_size=8)
+        generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
+        if config.distribution == "uniform":
+            return torch.rand(self.n_train_, generator=generator) * 2.0 - 1.0
+        return torch.randn(self.n_train_, generator=generator)

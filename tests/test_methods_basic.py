@@ -107,6 +107,19 @@ def test_random_distributions_have_their_moments(setup, tmp_path: Path) -> None:
     assert abs(normal.mean()) < 0.05 and abs(normal.var() - 1.0) < 0.05
 
 
+def test_random_self_influence_is_seeded_and_uniform(setup, tmp_path: Path) -> None:
+    model, train, _, _ = setup
+    method = _fitted("random", model, train, Cache(tmp_path))
+    scores = method.self_influence()
+    assert scores.shape == (len(train),) and scores.dtype == torch.float32
+    torch.manual_seed(123)  # the global seed plays no part
+    assert torch.equal(_fitted("random", model, train, Cache(tmp_path)).self_influence(), scores)
+    assert not torch.equal(_fitted("random", model, train, Cache(tmp_path), seed=1).self_influence(), scores)
+    big = Split("train", torch.zeros(20_000, D_IN), torch.zeros(20_000, dtype=torch.long))
+    draws = _fitted("random", model, big, Cache(tmp_path)).self_influence().double()
+    assert draws.min() >= -1 and draws.max() < 1 and abs(draws.mean()) < 0.03
+
+
 # ----- similarity against independent references ------------------------------------------------
 def _reference(metric: str, z_test: torch.Tensor, z_train: torch.Tensor) -> torch.Tensor:
     """(n_test, n_train) float64 similarity computed without the method's matmul formulation."""
