@@ -3,19 +3,21 @@
 Layout: ``<root>/<kind>/<name>/<hash of key>/`` holding ``key.json`` (the full key, written beside
 the artefacts), ``tensors.safetensors`` and ``meta.json``. An entry is built in a temporary
 sibling directory and moved into place with one ``os.rename``, so readers never see a half-written
-entry and two writers racing for the same key both end with the same, complete entry.
+entry; writers of the same key take turns on a lock file (``.<hash>.lock``), so concurrent jobs
+that need the same model or features compute it once and the others read it.
 
 A stored ``key.json`` that differs from the requested key is an error, never a silent hit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,16 +69,27 @@ class Cache:
         return self.root.joinpath(*self._scope, stable_hash(key, length=24))
 
     def get_or_create(self, key: dict[str, Any], compute: Callable[[], Artefact]) -> Artefact:
-        """The artefact stored under ``key``, computing and storing it on a miss."""
+        """The artefact stored under ``key``, computing and storing it on a miss.
+
+        Concurrent callers (threads or processes, e.g. jobs of one grid on a cluster's shared
+        disk) computing the same key take turns on a lock file beside the entry: the first computes
+        and writes, the others wait and then read its entry, so nothing is computed twice.
+        """
         path = self.path_for(key)
         if (path / "key.json").exists():
-            self._check_key(path, key)
-            self.stats.hits += 1
-            return _read(path)
-        self.stats.misses += 1
-        artefact = compute()
-        self._write(path, key, artefact)
+            return self._hit(path, key)
+        with _entry_lock(path):
+            if (path / "key.json").exists():  # written while we waited
+                return self._hit(path, key)
+            self.stats.misses += 1
+            artefact = compute()
+            self._write(path, key, artefact)
         return artefact
+
+    def _hit(self, path: Path, key: dict[str, Any]) -> Artefact:
+        self._check_key(path, key)
+        self.stats.hits += 1
+        return _read(path)
 
     def contains(self, key: dict[str, Any]) -> bool:
         path = self.path_for(key)
@@ -116,6 +129,21 @@ class Cache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``fcntl.flock`` on ``<entry>.lock`` beside the entry (released on exit)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read(path: Path) -> Artefact:

@@ -56,6 +56,35 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "extrapolated to all test points and the metrics as computed on those N",
     )
     parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also rerun specs whose record failed (default: only specs without a record run)",
+    )
+    group = parser.add_argument_group("dispatch (where the runs execute)")
+    group.add_argument(
+        "--executor",
+        default="inline",
+        help="inline (this process, default), local (one process per run through submitit) or slurm "
+        "(a submitit job array)",
+    )
+    group.add_argument(
+        "--parallelism", type=int, default=1, help="local: runs at a time; slurm: the array's parallelism"
+    )
+    group.add_argument("--partition", default=None, help="slurm partition (default: the cluster's)")
+    group.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
+    group.add_argument("--cpus-per-job", type=int, default=2, help="CPUs per job (default 2)")
+    group.add_argument(
+        "--time-limit", type=int, default=60, metavar="MIN", help="minutes per job (default 60)"
+    )
+    group.add_argument(
+        "--mem-gb", type=float, default=None, help="memory per job in GB (default: the cluster's)"
+    )
+    group.add_argument(
+        "--jobs-dir",
+        default=None,
+        help="submitit's job folder (default RESULTS/jobs: scripts, pickles, logs)",
+    )
+    parser.add_argument(
         "--retrain-workers",
         type=int,
         default=1,
@@ -223,10 +252,29 @@ def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
         if not sys.stderr.isatty():  # a terminal has the progress bar; a log file gets one line per run
             print(f"[{index}/{total}] {what} ...", file=sys.stderr, flush=True)
 
-    outcome = run_grid(specs, force=args.force, on_record=show, on_start=announce)
+    from harness.dispatch import DispatchConfig
+
+    dispatch = DispatchConfig(
+        executor=args.executor,
+        folder=args.jobs_dir or os.path.join(args.results_dir, "jobs"),
+        parallelism=args.parallelism,
+        partition=args.partition,
+        gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job,
+        time_limit_min=args.time_limit,
+        mem_gb=args.mem_gb,
+    )
+    outcome = run_grid(
+        specs,
+        force=args.force,
+        retry_failed=args.retry_failed,
+        dispatch=dispatch,
+        on_record=show,
+        on_start=announce,
+    )
     print(
-        f"records: {len(outcome.written)} written, {len(outcome.skipped)} already finished "
-        f"(skipped; --force reruns them), {len(outcome.failed)} failed -> "
+        f"records: {len(outcome.written)} written, {len(outcome.skipped)} already recorded "
+        f"(skipped; --force reruns all, --retry-failed the failed ones), {len(outcome.failed)} failed -> "
         f"{os.path.join(args.results_dir, 'records')}"
     )
     return 1 if outcome.failed else 0

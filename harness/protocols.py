@@ -158,7 +158,10 @@ class Method(ABC):
 
     - ``"self_influence"``: :meth:`self_influence` is implemented;
     - ``"sparse"``: explanations contain exact zeros by construction;
-    - ``"cache"``: :meth:`fit` stores its expensive work in the cache it is given.
+    - ``"cache"``: :meth:`fit` stores its expensive work in the cache it is given;
+    - ``"feature_decomposition"``: the attribution is a sum over the penultimate features,
+      ``a_i(x) = sum_k alpha_i^c phi_k(x) phi_k(x_i)``, and :meth:`feature_relevance` returns its
+      terms (XDA, :mod:`harness.xda`, propagates them into the input images with LRP).
 
     ``attributes_through`` and ``self_influence_definition`` say, in words, which layers the
     attributions go through and how self-influence is defined; both land in every record.
@@ -197,6 +200,29 @@ class Method(ABC):
     def self_influence(self) -> Tensor:
         """``(n_train,)`` self-influence scores (mislabel detection ranks by them)."""
         raise CapabilityError(f"method {self.name!r} does not support self-influence")
+
+    def feature_relevance(self, x: Tensor, target: int | Tensor, train_indices: Tensor) -> Tensor:
+        """Per-feature terms of the attributions of training points ``train_indices`` for one input.
+
+        Parameters
+        ----------
+        x:
+            ``(1, *input_shape)`` or ``(*input_shape)``: one test input.
+        target:
+            The class explained (the model's prediction), an int or a one-element tensor.
+        train_indices:
+            ``(m,)`` long: positions in the training split given to :meth:`fit`.
+
+        Returns
+        -------
+        Tensor
+            ``(m, d)`` float64 on the model's device: ``[j, k] = alpha_i^c phi_k(x) phi_k(x_i)``
+            for ``i = train_indices[j]``; row ``j`` sums to ``explain(x, target)[0, i]``.
+        """
+        raise CapabilityError(
+            f"method {self.name!r} does not support feature_decomposition (its attributions are not "
+            "a sum over penultimate features)"
+        )
 
     def diagnostics(self) -> dict[str, Any]:
         """Method-specific numbers for the record (e.g. number of support vectors)."""

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from harness.dispatch import DispatchConfig
     from harness.protocols import TaskData
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, dev
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Run one spec and return its record (status "failed" with the traceback on any error)."""
     resolved = spec.resolve()
-    record = _empty_record(resolved)
+    record = empty_record(resolved)
     try:
         _run(resolved, record)
         record["status"] = "ok"
@@ -208,7 +209,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     return record
 
 
-def _empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
+def empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
     task, method = resolved.task, resolved.method
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -466,36 +467,54 @@ def run_grid(
     specs: Iterable[RunSpec],
     *,
     force: bool = False,
+    retry_failed: bool = False,
+    dispatch: DispatchConfig | None = None,
     progress: bool | None = None,
     on_record: Callable[[dict[str, Any], Path], None] | None = None,
     on_start: Callable[[int, int, str], None] | None = None,
 ) -> GridOutcome:
-    """Run every spec whose record is missing or failed (all of them with ``force``).
+    """Run every spec that has no record yet; with ``retry_failed`` also those whose record failed;
+    with ``force`` all of them.
 
-    Records are written one by one as runs finish, so an interrupted grid loses at most the run in
-    flight and a rerun picks up where it stopped. ``on_start(index, total, what)`` is called before
-    each run that is not skipped; ``on_record(record, path)`` after each written record.
+    Records are written one by one as runs finish, so an interrupted grid loses at most the runs in
+    flight and a rerun picks up where it stopped. ``dispatch`` chooses where the runs execute
+    (:mod:`harness.dispatch`; default inline, in this process). ``on_start(index, total, what)`` is
+    called before each inline run; ``on_record(record, path)`` after each written record.
     """
     from tqdm.auto import tqdm
 
+    from harness.dispatch import DispatchConfig, check_executor_available
+    from harness.dispatch import dispatch as dispatch_jobs
+
+    dispatch = dispatch if dispatch is not None else DispatchConfig()
+    check_executor_available(dispatch)
     specs = list(specs)
     resolved = preflight(specs)
     outcome = GridOutcome()
-    bar = tqdm(resolved, desc="runs", unit="run", disable=None if progress is None else not progress)
+    todo: list[ResolvedSpec] = []
+    for item in resolved:
+        status = existing_status(item.record_path())
+        if force or status is None or (status == "failed" and retry_failed):
+            todo.append(item)
+        else:
+            outcome.skipped.append(item.record_path())
+
+    def written(path: Path, record: dict[str, Any]) -> None:
+        (outcome.written if record["status"] == "ok" else outcome.failed).append(path)
+        if on_record is not None:
+            on_record(record, path)
+
+    if dispatch.executor != "inline":
+        dispatch_jobs(todo, dispatch, on_done=lambda path: written(path, records.read_record(path)))
+        return outcome
+    bar = tqdm(todo, desc="runs", unit="run", disable=None if progress is None else not progress)
     for index, item in enumerate(bar, start=1):
-        path = item.record_path()
         what = f"{item.method.name} on {item.task.name}/{item.task.config.variant}"
         bar.set_postfix_str(what)
-        if not force and existing_status(path) == "ok":
-            outcome.skipped.append(path)
-            continue
         if on_start is not None:
-            on_start(index, len(resolved), what)
+            on_start(index, len(todo), what)
         record = run_one(item.spec)
-        written = records.write_record(record, path.parent)
-        (outcome.written if record["status"] == "ok" else outcome.failed).append(written)
-        if on_record is not None:
-            on_record(record, written)
+        written(records.write_record(record, item.record_path().parent), record)
     return outcome
 
 

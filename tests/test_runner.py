@@ -251,7 +251,7 @@ def test_interrupted_grid_resumes_without_loss_or_duplicates(tmp_path: Path) -> 
     loaded = [records.read_record(p) for p in finals]
     assert len({r["run_id"] for r in loaded}) == 12
     assert all(r["status"] == "ok" for r in loaded)
-    assert f"{len(done_before)} already finished" in result.stdout
+    assert f"{len(done_before)} already recorded" in result.stdout
 
 
 # ----- training checkpoints -------------------------------------------------------------------
