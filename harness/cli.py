@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from harness.cache import CacheConflictError
@@ -161,6 +162,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="method x metric tables (CSV, Markdown) from records")
     p_report.add_argument("--results-dir", default=os.environ.get("DABENCH_RESULTS", "results"))
     p_report.add_argument("--out", default=None, help="output folder (default RESULTS/tables)")
+
+    p_bench = sub.add_parser(
+        "bench", help="measure the hot paths (pytest-benchmark) into results/benchmarks/ for `compare`"
+    )
+    p_bench.add_argument("--out", default="results/benchmarks", help="folder of benchmark files")
+    p_bench.add_argument(
+        "-k", dest="select", default=None, metavar="EXPR", help="only benchmarks matching EXPR (pytest -k)"
+    )
+    p_bench.add_argument(
+        "--all", action="store_true", help="every benchmark in tests/benchmarks (default: test_hot_paths.py)"
+    )
+
+    p_compare = sub.add_parser(
+        "compare", help="ratios HEAD / BASE over run records or benchmark files; flags regressions"
+    )
+    p_compare.add_argument(
+        "base", nargs="?", help="results dir, records dir, record or benchmark JSON (or folder)"
+    )
+    p_compare.add_argument("head", nargs="?", help="the same kind as BASE")
+    p_compare.add_argument(
+        "--threshold", type=float, default=0.2, help="a time ratio above 1 + T is a regression (default 0.2)"
+    )
+    p_compare.add_argument(
+        "--metric-tolerance",
+        type=float,
+        default=0.01,
+        help="a metric worse (against its direction) by more than this is a regression (default 0.01)",
+    )
+    p_compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when anything regressed")
+    p_compare.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    p_compare.add_argument(
+        "--history",
+        default=None,
+        metavar="FOLDER",
+        help="instead: one figure per benchmark across every benchmark file in FOLDER (FOLDER/history/)",
+    )
     return parser
 
 
@@ -339,7 +376,66 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "suite": cmd_suite, "report": cmd_report}
+def cmd_bench(args: argparse.Namespace) -> int:
+    import datetime
+    import platform
+    import subprocess
+
+    from harness.records import git_info
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    commit = (git_info().get("commit") or "nogit")[:8]
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%S")
+    target = out / f"{stamp}_{commit}_{platform.node() or 'machine'}.json"
+    root = Path(__file__).resolve().parent.parent
+    tests = root / "tests" / "benchmarks" / ("" if args.all else "test_hot_paths.py")
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(tests),
+        "--benchmark-only",
+        f"--benchmark-json={target}",
+        "-q",
+    ]
+    if args.select:
+        command += ["-k", args.select]
+    print("measuring:", " ".join(command), flush=True)
+    status = subprocess.call(command, cwd=root)
+    if status == 0:
+        print(f"benchmark file: {target}\ncompare with: dabench compare {out}/OLDER.json {target}")
+    return status
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare, history
+
+    if args.history:
+        paths = history(args.history)
+        print(f"{len(paths)} history figures and history.csv in {paths[0].parent if paths else args.history}")
+        return 0
+    if not args.base or not args.head:
+        raise ConfigError("give BASE and HEAD (or --history FOLDER)")
+    result = compare(args.base, args.head, threshold=args.threshold, metric_tolerance=args.metric_tolerance)
+    frame = result.to_frame()
+    print(f"{result.kind}: {args.head} vs base {args.base}")
+    print(frame.to_markdown(index=False, floatfmt=".4g") if len(frame) else "(nothing to compare)")
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+    regressions = result.regressions
+    print(f"\n{len(regressions)} regression(s) beyond the threshold of {args.threshold:g}")
+    return 1 if regressions and args.fail_on_regression else 0
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "run": cmd_run,
+    "suite": cmd_suite,
+    "report": cmd_report,
+    "bench": cmd_bench,
+    "compare": cmd_compare,
+}
 
 
 if __name__ == "__main__":
