@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 from harness.cache import Cache
 from harness.config import ConfigError
 from harness.measures import model_fingerprint
-from harness.protocols import NotFittedError
+from harness.protocols import DataError, NotFittedError
 from methods.ekfac import EKFAC, EKFACConfig
 
 log = logging.getLogger(__name__)
@@ -301,3 +301,19 @@ def test_modules_option(toy_setup, tmp_path: Path) -> None:
     assert method.diagnostics()["tracked_modules"] == [last]
     with pytest.raises(ConfigError, match="cannot track"):
         EKFAC(EKFACConfig(modules=("no_such_layer",))).fit(model, data.train, cache=Cache(tmp_path))
+
+
+def test_max_module_params_tracks_only_small_modules(toy_setup, tmp_path: Path) -> None:
+    _, data, model = toy_setup
+    sizes = {name: m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert sizes == {"features.0": 128, "classifier": 48}  # the toy MLP: 8 -> 16 -> 3
+    method = EKFAC(EKFACConfig(max_module_params=100))
+    method.fit(model, data.train, cache=Cache(tmp_path))
+    assert method.diagnostics()["tracked_modules"] == ["classifier"]
+    assert method.attributes_through == "modules classifier"
+    everything = EKFAC(EKFACConfig(max_module_params=128))
+    everything.fit(model, data.train, cache=Cache(tmp_path))
+    assert everything.diagnostics()["tracked_modules"] == ["features.0", "classifier"]
+    with pytest.raises(DataError, match="raise it or set it to None"):
+        EKFAC(EKFACConfig(max_module_params=10)).fit(model, data.train, cache=Cache(tmp_path))
+    assert EKFACConfig.quick().max_module_params == 100_000 and EKFACConfig.paper().max_module_params is None
