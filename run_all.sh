@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # dabench's one entry point for newcomers.
 #
-#   ./run_all.sh                 set up .venv, run the default suite (full MNIST), write tables
-#   ./run_all.sh --quick         the same grid on a subset: a few minutes on 2 CPU cores
+#   ./run_all.sh                 set up .venv, run the default suite (the paper's grid on MNIST,
+#                                scaled for a 2-core CPU), write tables, figures and results/report.html
+#   ./run_all.sh --quick         the same grid on a smaller subset: a smoke run of the whole pipeline
+#   ./run_all.sh --suite NAME    another suite of harness/suites.py (full, scaling, methods, paper),
+#                                e.g. --suite paper --data-root DIR --executor slurm
 #   ./run_all.sh --tests [ARGS]  set up .venv, then run the test suite (ARGS go to pytest)
 #
 # Set-up creates .venv (or reuses it) and installs this project with its pinned dependencies
@@ -48,7 +51,10 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --tests) mode=tests; shift; args=("$@"); break ;;
         --quick) suite=quick; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --suite)
+            [ $# -ge 2 ] || { echo "run_all.sh: --suite needs a name (default, quick, full, scaling, methods, paper)" >&2; exit 2; }
+            suite="$2"; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done

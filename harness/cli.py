@@ -155,8 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p_run)
 
-    p_suite = sub.add_parser("suite", help="run a named suite (default, quick, methods), then report")
-    p_suite.add_argument("name", help="suite name: default, quick or methods (harness/suites.py)")
+    p_suite = sub.add_parser("suite", help="run a named suite (harness/suites.py), then report")
+    p_suite.add_argument("name", help="default, quick, full, scaling, methods or paper (harness/suites.py)")
+    p_suite.add_argument("--data-root", default=None, help="folder of CIFAR-10 / AwA2 (the paper suite)")
+    p_suite.add_argument("--n-train", type=int, default=None, help="override every task's training-set size")
+    p_suite.add_argument("--n-test", type=int, default=None, help="override every task's test points")
+    p_suite.add_argument("--methods", default="", metavar="A,B", help="run only these methods of the suite")
+    p_suite.add_argument("--datasets", default="", metavar="A,B", help="run only these datasets of the suite")
+    p_suite.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE", help="task config override"
+    )
     _common(p_suite)
 
     p_report = sub.add_parser("report", help="method x metric tables (CSV, Markdown) from records")
@@ -356,9 +364,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_suite(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from harness.suites import get_suite
+    from harness.suites import SuiteOptions, get_suite
 
-    specs = get_suite(args.name, results_dir=args.results_dir, cache_dir=args.cache_dir)
+    task_options = []
+    for item in args.task_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--task-option {item!r}: write KEY=VALUE")
+        task_options.append((key.strip(), value.strip()))
+    options = SuiteOptions(
+        data_root=args.data_root,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        methods=tuple(_split(args.methods)),
+        datasets=tuple(_split(args.datasets)),
+        task_options=tuple(task_options),
+    )
+    specs = get_suite(args.name, options, results_dir=args.results_dir, cache_dir=args.cache_dir)
     overrides = _timing_overrides(args)
     if overrides:
         specs = [dataclasses.replace(s, timing=dataclasses.replace(s.timing, **overrides)) for s in specs]

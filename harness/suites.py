@@ -1,76 +1,281 @@
 """Named suites: the whole benchmark grid is Python here, not a folder of YAML files.
 
-``default`` is the embedded suite that ``./run_all.sh`` runs offline on a 2-core CPU (full MNIST,
-2,000 explained test points as in the paper); ``quick`` is the same grid on a subset that finishes
-in a few minutes. Methods, metrics and variants are added here as they land.
+- ``default`` (``./run_all.sh``): the paper's grid scaled to a 2-core CPU, offline on the embedded
+  MNIST: the four variants std/group/corrupt/mark, every registered method at its ``quick()`` preset
+  (DualDA at the paper's three C), the seven paper metrics plus sparsity and top-k cardinality, each
+  variant with the metrics it serves; 1,000 training and 100 explained test points (the totals for
+  2,000 test points are extrapolated from the per-point time and marked so).
+- ``quick``: the same grid on 500 training and 50 test points (a smoke run of the whole pipeline).
+- ``full``: the cheap methods (DualDA, Representer Points, the baselines) on all 60,000 MNIST
+  training points and 2,000 test points: the paper's size, for the speedup table at full scale.
+- ``scaling``: every method on MNIST std at four training-set sizes (explanation time vs N).
+- ``methods``: every method on 2,000 training and 100 test points, class detection only.
+- ``paper``: the paper's exact settings (``paper()`` presets of tasks, methods and metrics) on MNIST,
+  CIFAR-10 and AwA2 (the latter two from ``--data-root``), all variants and metrics; meant for GPUs and
+  ``--executor slurm``.
+
+Every suite takes :class:`SuiteOptions` (the command line's ``--data-root``, ``--n-train``,
+``--n-test``, ``--methods``, ``--datasets``, ``--task-option``) so that the same grid can be run
+smaller, e.g. the paper suite end to end on tiny fake data in the tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from harness.config import ConfigError
-from harness.runner import ComponentSpec, RunSpec, TimingConfig, expand
+from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
-SIMILARITIES = ("dot", "cos", "l2")
 DUALDA_C_GRID = (1e-5, 1e-3, 1e-1)  # the paper's grid (methods.dualda.C_GRID; not imported: no torch here)
 
+#: Every registered method, in the order of the tables (DualDA expands to its C grid).
+ALL_METHODS = (
+    "dualda",
+    "representer",
+    "lissa",
+    "arnoldi",
+    "ekfac",
+    "tracin",
+    "graddot",
+    "gradcos",
+    "trak",
+    "feature_similarity",
+    "input_similarity",
+    "random",
+)
+#: The methods cheap enough for all 60,000 MNIST training points on a CPU (the ``full`` suite).
+CHEAP_METHODS = ("dualda", "representer", "feature_similarity", "input_similarity", "random")
 
-#: The paper's other methods that fit the suites' CPU budget at their quick() preset (each method
-#: module documents what its quick() changes and why). arnoldi, ekfac, tracin, graddot, gradcos and
-#: trak take minutes to hours per run on 2 CPU cores at these sizes (README, "The methods"): they
-#: join when the default suite's size is set for the full grid of variants and metrics.
-SUITE_METHODS = ("representer", "lissa")
+#: Which metrics each variant's model serves (the paper's seven, plus sparsity and top-k cardinality).
+VARIANT_METRICS: dict[str, tuple[str, ...]] = {
+    "std": ("class_detection", "lds", "coreset_selection", "data_pruning", "sparsity", "topk_cardinality"),
+    "group": ("subclass_detection", "class_detection"),
+    "corrupt": ("mislabel_detection", "class_detection"),
+    "mark": ("shortcut_detection", "class_detection"),
+}
+VARIANTS = tuple(VARIANT_METRICS)
+
+#: Paper settings that differ by dataset (DualXDA paper: LiSSA depth 6000 / 5000 / 3700 for MNIST /
+#: CIFAR-10 / AwA2; the LiSSA module's paper() preset holds MNIST's).
+PAPER_DATASET_OVERRIDES: dict[tuple[str, str], tuple[tuple[str, object], ...]] = {
+    ("lissa", "cifar10"): (("depth", 5000),),
+    ("lissa", "awa2"): (("depth", 3700),),
+}
+DATASETS = ("mnist", "cifar10", "awa2")
+SCALING_SIZES = (500, 1000, 2000, 4000)
 
 
-#: Every other registered method: in the ``methods`` suite, on a training set small enough for them.
-GRADIENT_METHODS = ("arnoldi", "ekfac", "tracin", "graddot", "gradcos", "trak")
+@dataclass(frozen=True)
+class SuiteOptions:
+    """Command-line overrides applied to every spec of a suite (None / empty: the suite's own)."""
+
+    data_root: str | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    methods: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+    task_options: tuple[tuple[str, str], ...] = ()
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def pick(self, names: Sequence[str], chosen: Sequence[str], what: str) -> tuple[str, ...]:
+        if not chosen:
+            return tuple(names)
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise ConfigError(f"this suite has no {what} {unknown}; choose from {list(names)}")
+        return tuple(c for c in names if c in chosen)
 
 
-def _mnist_std(
+def _methods(names: Sequence[str], preset: str, dataset: str) -> list[ComponentSpec]:
+    specs = []
+    for name in names:
+        if name == "dualda":
+            specs += [ComponentSpec("dualda", (("C", c),), preset) for c in DUALDA_C_GRID]
+        else:
+            extra = PAPER_DATASET_OVERRIDES.get((name, dataset), ()) if preset == "paper" else ()
+            specs.append(ComponentSpec(name, extra, preset))
+    return specs
+
+
+def _task_options_for(dataset: str, task_options: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``--task-option`` items that ``dataset``'s config has (a suite may span several tasks)."""
+    from harness.registry import TASKS
+
+    fields = set(TASKS.get(dataset).Config.field_names())
+    return [(k, v) for k, v in task_options if k in fields]
+
+
+def _check_task_options(datasets: Sequence[str], task_options: Sequence[tuple[str, str]]) -> None:
+    from harness.registry import TASKS
+
+    known = set().union(*(TASKS.get(d).Config.field_names() for d in datasets)) if datasets else set()
+    unknown = [k for k, _ in task_options if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"--task-option {unknown}: no task of this suite ({', '.join(datasets)}) has that option"
+        )
+
+
+def _grid(
+    options: SuiteOptions,
+    *,
+    datasets: Sequence[str],
+    variants: Sequence[str],
+    methods: Sequence[str],
     n_train: int | None,
-    n_test: int,
-    task_preset: str,
+    n_test: int | None,
+    preset: str,
     timing: TimingConfig,
-    extra_methods: tuple[str, ...] = (),
-    **paths: str,
+    metrics: dict[str, tuple[str, ...]] | None = None,
+    seeds: Sequence[int] = (0,),
 ) -> list[RunSpec]:
-    overrides = (("variant", "std"), ("n_test", n_test)) + (
-        (("n_train", n_train),) if n_train is not None else ()
+    metrics = metrics if metrics is not None else VARIANT_METRICS
+    n_train = options.n_train if options.n_train is not None else n_train
+    n_test = options.n_test if options.n_test is not None else n_test
+    specs = []
+    _check_task_options(options.pick(datasets, options.datasets, "dataset"), options.task_options)
+    for dataset in options.pick(datasets, options.datasets, "dataset"):
+        for variant in variants:
+            overrides: list[tuple[str, object]] = [("variant", variant)]
+            overrides += [(k, v) for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None]
+            if options.data_root is not None and dataset != "mnist":
+                overrides.append(("data_root", options.data_root))
+            overrides += _task_options_for(dataset, options.task_options)
+            task = ComponentSpec(dataset, tuple(overrides), preset)
+            chosen = options.pick(methods, options.methods, "method")
+            metric_specs = tuple(ComponentSpec(m, preset=preset) for m in metrics[variant])
+            for method in _methods(chosen, preset, dataset):
+                for seed in seeds:
+                    specs.append(
+                        RunSpec(
+                            task=task,
+                            method=method,
+                            metrics=metric_specs,
+                            seed=seed,
+                            timing=timing,
+                            **options.paths,
+                        )
+                    )
+    return specs
+
+
+def default(options: SuiteOptions) -> list[RunSpec]:
+    """The paper's grid on MNIST at 1,000 / 100 points, quick presets: about 30 minutes on 2 cores."""
+    return _grid(
+        options,
+        datasets=("mnist",),
+        variants=VARIANTS,
+        methods=ALL_METHODS,
+        n_train=1000,
+        n_test=100,
+        preset="quick",
+        timing=TimingConfig(repeats=3),
     )
-    task = ComponentSpec("mnist", overrides, task_preset)
-    methods = [ComponentSpec("random", preset="quick")]
-    methods += [ComponentSpec("dualda", (("C", c),), "quick") for c in DUALDA_C_GRID]
-    for name in ("feature_similarity", "input_similarity"):
-        methods += [ComponentSpec(name, (("metric", m),), "quick") for m in SIMILARITIES]
-    methods += [ComponentSpec(name, preset="quick") for name in SUITE_METHODS + extra_methods]
-    metrics = [ComponentSpec("class_detection"), ComponentSpec("sparsity")]
-    return expand(task, methods, metrics, seeds=[0], timing=timing, **paths)
 
 
-def default(**paths: str) -> list[RunSpec]:
-    """The paper's MNIST setting (60,000 training points, 2,000 explained test points), CPU presets."""
-    return _mnist_std(None, 2000, "default", TimingConfig(), **paths)
+def quick(options: SuiteOptions) -> list[RunSpec]:
+    """The default grid on 500 training and 50 test points: the whole pipeline in minutes."""
+    return _grid(
+        options,
+        datasets=("mnist",),
+        variants=VARIANTS,
+        methods=ALL_METHODS,
+        n_train=500,
+        n_test=50,
+        preset="quick",
+        timing=TimingConfig(repeats=1),
+    )
 
 
-def quick(**paths: str) -> list[RunSpec]:
-    """A few minutes on 2 cores: 6,000 training points, 200 test points, shorter training."""
-    return _mnist_std(6000, 200, "quick", TimingConfig(repeats=3), **paths)
+def full(options: SuiteOptions) -> list[RunSpec]:
+    """The cheap methods on all 60,000 MNIST training points, 2,000 test points (the paper's size)."""
+    return _grid(
+        options,
+        datasets=("mnist",),
+        variants=("std",),
+        methods=CHEAP_METHODS,
+        n_train=None,
+        n_test=2000,
+        preset="quick",
+        timing=TimingConfig(),
+        metrics={"std": ("class_detection", "sparsity")},
+    )
 
 
-def methods(**paths: str) -> list[RunSpec]:
-    """Every registered method on 2,000 training and 100 test points (quick presets).
+def scaling(options: SuiteOptions) -> list[RunSpec]:
+    """Every method on MNIST std at 500, 1,000, 2,000 and 4,000 training points (50 test points)."""
+    specs = []
+    for size in SCALING_SIZES:
+        sized = SuiteOptions(**{**options.__dict__, "n_train": options.n_train or size})
+        specs += _grid(
+            sized,
+            datasets=("mnist",),
+            variants=("std",),
+            methods=ALL_METHODS,
+            n_train=size,
+            n_test=50,
+            preset="quick",
+            timing=TimingConfig(repeats=1),
+            metrics={"std": ("class_detection",)},
+        )
+        if options.n_train:
+            break  # one size given on the command line
+    return specs
 
-    The one grid that runs the gradient-based methods (GRADIENT_METHODS) on a CPU today; its task is
-    smaller than ``quick``'s, so its rows are not comparable with the other suites'.
+
+def methods(options: SuiteOptions) -> list[RunSpec]:
+    """Every method on 2,000 training and 100 test points (quick presets), class detection only."""
+    return _grid(
+        options,
+        datasets=("mnist",),
+        variants=("std",),
+        methods=ALL_METHODS,
+        n_train=2000,
+        n_test=100,
+        preset="quick",
+        timing=TimingConfig(repeats=3),
+        metrics={"std": ("class_detection", "sparsity")},
+    )
+
+
+def paper(options: SuiteOptions) -> list[RunSpec]:
+    """The paper's settings: MNIST, CIFAR-10, AwA2; all variants, methods, metrics; paper presets.
+
+    2,000 explained test points per dataset as in the paper; CIFAR-10 and AwA2 need ``--data-root``.
     """
-    return _mnist_std(2000, 100, "quick", TimingConfig(repeats=3), GRADIENT_METHODS, **paths)
+    if options.data_root is None and set(options.pick(DATASETS, options.datasets, "dataset")) - {"mnist"}:
+        raise ConfigError(
+            "the paper suite reads CIFAR-10 and AwA2 from --data-root DIR (see README, 'Tasks and "
+            "variants'); give it, or run only MNIST with --datasets mnist"
+        )
+    return _grid(
+        options,
+        datasets=DATASETS,
+        variants=VARIANTS,
+        methods=ALL_METHODS,
+        n_train=None,
+        n_test=2000,
+        preset="paper",
+        timing=TimingConfig(),
+    )
 
 
-SUITES: dict[str, Callable[..., list[RunSpec]]] = {"default": default, "quick": quick, "methods": methods}
+SUITES: dict[str, Callable[[SuiteOptions], list[RunSpec]]] = {
+    "default": default,
+    "quick": quick,
+    "full": full,
+    "scaling": scaling,
+    "methods": methods,
+    "paper": paper,
+}
 
 
-def get_suite(name: str, **paths: str) -> list[RunSpec]:
+def get_suite(name: str, options: SuiteOptions | None = None, **paths: str) -> list[RunSpec]:
+    """The specs of suite ``name``; ``paths`` (results_dir, cache_dir) go into every spec."""
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
-    return SUITES[name](**paths)
+    options = options if options is not None else SuiteOptions()
+    if paths:
+        options = SuiteOptions(**{**options.__dict__, "paths": {**options.paths, **paths}})
+    return SUITES[name](options)

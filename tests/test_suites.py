@@ -4,25 +4,69 @@ from __future__ import annotations
 
 import pytest
 
-from harness.suites import SUITE_METHODS, SUITES, get_suite
+from harness.config import ConfigError
+from harness.registry import METHODS
+from harness.suites import ALL_METHODS, SUITES, VARIANT_METRICS, SuiteOptions, get_suite
 
 
 @pytest.mark.parametrize("name", sorted(SUITES))
 def test_every_spec_resolves(name: str) -> None:
-    specs = get_suite(name)
+    # the paper's AwA2 model starts from ImageNet weights, which must be given or declined explicitly
+    options = (
+        SuiteOptions(data_root="/tmp", task_options=(("pretrained", "false"),)) if name == "paper" else None
+    )
+    specs = get_suite(name, options)
     resolved = [spec.resolve() for spec in specs]
     assert len({r.run_id for r in resolved}) == len(specs), "two specs of one suite compute the same run"
-    names = {r.method.name for r in resolved}
-    assert set(SUITE_METHODS) <= names
-    # the suites run every method at its quick() preset
+    preset = "paper" if name == "paper" else "quick"
     for r in resolved:
         config_cls = type(r.method.config)
-        expected = config_cls.from_dict(dict(r.spec.method.overrides), base=config_cls.quick())
+        expected = config_cls.from_dict(dict(r.spec.method.overrides), base=config_cls.preset(preset))
         assert r.method.config == expected
 
 
-def test_unknown_suite_names_the_choices() -> None:
-    from harness.config import ConfigError
+def test_default_suite_is_the_papers_grid() -> None:
+    resolved = [s.resolve() for s in get_suite("default")]
+    assert set(ALL_METHODS) == set(METHODS.names())  # every registered method is in the suite
+    by_variant: dict[str, set[str]] = {}
+    for r in resolved:
+        by_variant.setdefault(r.task.config.variant, set()).add(r.method.name)
+        assert {m.name for m in r.metrics} == set(VARIANT_METRICS[r.task.config.variant])
+        assert (r.task.config.n_train, r.task.config.n_test) == (1000, 100)
+    assert set(by_variant) == {"std", "group", "corrupt", "mark"}
+    assert all(names == set(ALL_METHODS) for names in by_variant.values())
+    dualda_cs = sorted(
+        r.method.config.C for r in resolved if r.method.name == "dualda" and r.task.config.variant == "std"
+    )
+    assert dualda_cs == [1e-5, 1e-3, 1e-1]
+    seven = {"class_detection", "subclass_detection", "shortcut_detection", "mislabel_detection", "lds",
+             "coreset_selection", "data_pruning"}  # fmt: skip
+    assert seven <= {m for metrics in VARIANT_METRICS.values() for m in metrics}
 
+
+def test_paper_suite_settings_and_options() -> None:
+    options = SuiteOptions(data_root="/tmp", task_options=(("pretrained", "false"),))
+    resolved = [s.resolve() for s in get_suite("paper", options)]
+    assert {r.task.name for r in resolved} == {"mnist", "cifar10", "awa2"}
+    depth = {r.task.name: r.method.config.depth for r in resolved if r.method.name == "lissa"}
+    assert depth == {"mnist": 6000, "cifar10": 5000, "awa2": 3700}
+    assert all(r.task.config.n_test == 2000 and r.task.config.n_train is None for r in resolved)
+    assert {r.task.config.data_root for r in resolved if r.task.name != "mnist"} == {"/tmp"}
+    small = get_suite(
+        "paper",
+        SuiteOptions(data_root="/tmp", n_train=20, n_test=4, methods=("random",), datasets=("cifar10",),
+                     task_options=(("n_val", "4"),)),
+    )  # fmt: skip
+    assert len(small) == 4  # one method, one dataset, four variants
+    assert all(s.resolve().task.config.n_train == 20 and s.resolve().task.config.n_val == 4 for s in small)
+    with pytest.raises(ConfigError, match="--data-root"):
+        get_suite("paper")
+    with pytest.raises(ConfigError, match="no task of this suite"):
+        get_suite("default", SuiteOptions(task_options=(("pretrained", "false"),)))
+    with pytest.raises(ConfigError, match="no method"):
+        get_suite("default", SuiteOptions(methods=("nope",)))
+
+
+def test_unknown_suite_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="choose one of"):
         get_suite("defualt")
