@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_suite.add_argument("--methods", default="", metavar="A,B", help="run only these methods of the suite")
     p_suite.add_argument("--datasets", default="", metavar="A,B", help="run only these datasets of the suite")
     p_suite.add_argument(
+        "--metrics", default="", metavar="A,B", help="compute only these metrics of the suite"
+    )
+    p_suite.add_argument(
         "--task-option", action="append", default=[], metavar="KEY=VALUE", help="task config override"
     )
     _common(p_suite)
@@ -378,6 +381,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         n_test=args.n_test,
         methods=tuple(_split(args.methods)),
         datasets=tuple(_split(args.datasets)),
+        metrics=tuple(_split(args.metrics)),
         task_options=tuple(task_options),
     )
     specs = get_suite(args.name, options, results_dir=args.results_dir, cache_dir=args.cache_dir)

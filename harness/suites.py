@@ -15,8 +15,8 @@
   ``--executor slurm``.
 
 Every suite takes :class:`SuiteOptions` (the command line's ``--data-root``, ``--n-train``,
-``--n-test``, ``--methods``, ``--datasets``, ``--task-option``) so that the same grid can be run
-smaller, e.g. the paper suite end to end on tiny fake data in the tests.
+``--n-test``, ``--methods``, ``--datasets``, ``--metrics``, ``--task-option``) so that the same grid
+can be run smaller, e.g. the paper suite end to end on tiny fake data in the tests.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class SuiteOptions:
     n_test: int | None = None
     methods: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
     task_options: tuple[tuple[str, str], ...] = ()
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -133,6 +134,10 @@ def _grid(
     metrics = metrics if metrics is not None else VARIANT_METRICS
     n_train = options.n_train if options.n_train is not None else n_train
     n_test = options.n_test if options.n_test is not None else n_test
+    every_metric = {m for ms in metrics.values() for m in ms}
+    unknown = [m for m in options.metrics if m not in every_metric]
+    if unknown:
+        raise ConfigError(f"this suite has no metric {unknown}; choose from {sorted(every_metric)}")
     specs = []
     _check_task_options(options.pick(datasets, options.datasets, "dataset"), options.task_options)
     for dataset in options.pick(datasets, options.datasets, "dataset"):
@@ -144,7 +149,8 @@ def _grid(
             overrides += _task_options_for(dataset, options.task_options)
             task = ComponentSpec(dataset, tuple(overrides), preset)
             chosen = options.pick(methods, options.methods, "method")
-            metric_specs = tuple(ComponentSpec(m, preset=preset) for m in metrics[variant])
+            kept = [m for m in metrics[variant] if not options.metrics or m in options.metrics]
+            metric_specs = tuple(ComponentSpec(m, preset=preset) for m in kept)
             for method in _methods(chosen, preset, dataset):
                 for seed in seeds:
                     specs.append(
