@@ -1,6 +1,6 @@
 """Hot paths tracked across commits (`dabench bench`, then `dabench compare`): measured, never asserted.
 
-- every registered method's explain on the embedded MNIST task at a small size (500 training points,
+- every registered method's explain on the embedded MNIST task at a small size (600 training points,
   64 test points, quick presets; fitted once per method outside the timing);
 - DualDA's fit (solver on cached features) and explain at 2,000 training points;
 - report generation over a directory of records.
@@ -19,7 +19,7 @@ from harness.cache import Cache
 from harness.models import get_or_train_model, load_task_data, select_device
 from harness.registry import METHODS, TASKS
 
-N_TRAIN, N_TEST = 500, 64
+N_TRAIN, N_TEST = 600, 64  # TRAK's quick proj_dim 512 needs more than 512 training points
 
 
 @pytest.fixture(scope="module")
