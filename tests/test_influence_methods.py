@@ -198,6 +198,15 @@ def test_lissa_self_influence_matches_closed_form(problem, tmp_path: Path) -> No
     assert rho >= 0.95, rho
 
 
+def test_lissa_linear_head_hvp_equals_autograd(toy, tmp_path: Path) -> None:
+    model, train, x, targets = toy
+    method = _fit(_lissa_small(), model, train, tmp_path)
+    g = torch.randn(5, method.theta_.numel(), generator=torch.Generator().manual_seed(3))
+    fast = method._inverse_hvp(g)
+    generic = method._inverse_hvp(g, generic_hvp=True)
+    torch.testing.assert_close(fast, generic, rtol=1e-4, atol=1e-6 * float(generic.abs().max()))
+
+
 def test_lissa_recomputing_features_gives_the_same_outputs(toy, tmp_path: Path) -> None:
     model, train, x, targets = toy
     method = _fit(_lissa_small(), model, train, tmp_path)
