@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import xda_command
 from harness.cache import CacheConflictError
 from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError
@@ -170,9 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p_suite)
 
-    p_report = sub.add_parser("report", help="method x metric tables (CSV, Markdown) from records")
+    p_report = sub.add_parser(
+        "report",
+        help="tables (CSV, Markdown, LaTeX), figures (PNG, PDF) and one HTML page from the records",
+    )
     p_report.add_argument("--results-dir", default=os.environ.get("DABENCH_RESULTS", "results"))
-    p_report.add_argument("--out", default=None, help="output folder (default RESULTS/tables)")
+    p_report.add_argument("--out", default=None, help="folder of the tables (default RESULTS/tables)")
+    p_report.add_argument(
+        "--figures-out", default=None, help="folder of the figures (default RESULTS/figures)"
+    )
+    p_report.add_argument("--html", default=None, help="the HTML page (default RESULTS/report.html)")
+    p_report.add_argument(
+        "--no-figures", action="store_true", help="tables only (no figures, no HTML page): about a second"
+    )
 
     p_bench = sub.add_parser(
         "bench", help="measure the hot paths (pytest-benchmark) into results/benchmarks/ for `compare`"
@@ -209,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="instead: one figure per benchmark across every benchmark file in FOLDER (FOLDER/history/)",
     )
+    xda_command.add_parser(sub)
     return parser
 
 
@@ -394,11 +406,34 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import write_report
+    from harness.report import build_report
 
-    csv_path, md_path, markdown = write_report(args.results_dir, args.out)
-    print(markdown)
-    print(f"\ntables: {csv_path} and {md_path}")
+    no_figures = getattr(args, "no_figures", False)  # cmd_suite calls with results_dir and out only
+    report = build_report(
+        args.results_dir,
+        args.out,
+        figures_dir=getattr(args, "figures_out", None),
+        html_path=getattr(args, "html", None),
+        figures=not no_figures,
+        html=not no_figures,
+    )
+    print(report.summary_markdown)
+    for table in report.tables:
+        if table.name in ("speedup", "ranks"):
+            for setting, part in table.per_setting():
+                print(f"\n{table.title}: {setting}\n{part.to_markdown(index=False)}")
+    if report.missing:
+        print("\nmissing:\n" + "\n".join(f"- {line}" for line in report.missing))
+    tables = sorted({str(p.parent) for p in report.table_paths})
+    print(f"\ntables ({len(report.table_paths)} files: CSV, Markdown, LaTeX): {', '.join(tables)}")
+    for path in report.table_paths:
+        print(f"  {path}")
+    if report.figure_paths:
+        print(f"figures ({len(report.figure_paths)} files: PNG, PDF):")
+        for path in report.figure_paths:
+            print(f"  {path}")
+    if report.html_path is not None:
+        print(f"html: {report.html_path}")
     return 0
 
 
@@ -461,6 +496,7 @@ COMMANDS = {
     "report": cmd_report,
     "bench": cmd_bench,
     "compare": cmd_compare,
+    "xda": xda_command.run,
 }
 
 

@@ -1,15 +1,51 @@
-"""Tables derived from run records alone: method x metric, with cost columns.
+"""Tables derived from run records alone; ``dabench report`` writes them, the figures and the HTML page.
 
-One row per (task, variant, method label, config hash); metric values are averaged over seeds
-(``n_seeds`` says over how many). Written as CSV and Markdown under ``<results>/tables/``.
+Every number here comes from the records under ``<results>/records`` (:func:`harness.records.iter_records`)
+except the paper's Figure-1 numbers set beside them (:mod:`harness.paper_numbers`). Written under
+``<results>/tables/`` as CSV (one long table, numbers unrounded), Markdown and LaTeX (one table per
+setting, numbers to 4 significant digits):
+
+``summary``
+    One row per (task, variant, n_train, n_test, method label, config hash): metric values and
+    costs averaged over seeds (``n_seeds`` says over how many).
+``speedup``
+    Cost of explaining 2,000 test points (the paper's count), ``std`` variant; see :func:`speedup_table`.
+``metrics``
+    Method x metric, each metric from the variant the paper computes it on; see :func:`metric_table`.
+``ranks``
+    Per-metric ranks and their average over the paper's seven metrics; see :func:`rank_table`.
+``sparsity``
+    l0_eps, Hoyer and the support size per method (per DualDA C); see :func:`sparsity_table`.
+
+A *setting* is one (task, training-set size, test-set size, task configuration apart from the
+variant): the four variants of one setting are joined by method label. Metric values and times are means
+over seeds. Missing variants, metrics or methods leave cells empty and are listed in the notes,
+never an error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.paper_numbers import (
+    DATASET_NAMES,
+    METRIC_VARIANT,
+    PAPER_METRICS,
+    PAPER_N_TEST,
+    REFERENCE_C,
+    REFERENCE_METHOD,
+    figure1,
+    format_c,
+    paper_name,
+)
 from harness.records import iter_records
 
 if TYPE_CHECKING:
@@ -18,14 +54,651 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARROWS = {"higher": "↑", "lower": "↓"}
+STD = "std"
+#: Setting columns that lead every long table; the per-setting Markdown/LaTeX tables drop them.
+SETTING_COLUMNS = ("setting", "task", "n_train", "n_test")
+#: Values equal to this many significant digits tie in a ranking (averaging over seeds adds noise).
+RANK_DIGITS = 12
+TASK_KEYS_IGNORED = ("variant", "n_test", "n_train", "data_root")
 
 
-def records_frame(records_dir: str | Path) -> pd.DataFrame:
-    """One row per successful record, flattened: ids, metrics and timings."""
+# =============================================================================================
+# Loading
+# =============================================================================================
+@dataclass
+class Runs:
+    """The successful records of a results folder, one row each, plus what was left out.
+
+    ``frame`` columns: ``setting`` (display name), ``setting_key``, ``task``, ``variant``,
+    ``n_train``, ``n_test``, ``method`` (label), ``method_name``, ``method_config`` (dict),
+    ``paper_name`` (None outside the paper's Figure 1), ``C`` (the config's ``C`` or NaN),
+    ``seed``, ``fit_cold_s``, ``fit_warm_s``, ``explain_s_per_point`` (median over repeats),
+    ``n_explained``, ``n_test_total``, ``explain_extrapolated``, ``metrics`` / ``directions`` /
+    ``details`` (dicts over the metrics that succeeded), ``sparsity``, ``diagnostics``, ``git``,
+    ``environment``, ``created_utc``, ``run_id``.
+    """
+
+    frame: pd.DataFrame
+    records: list[dict[str, Any]]
+    n_failed: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.frame.empty
+
+
+def _task_setting_hash(task: dict[str, Any]) -> str:
+    config = {k: v for k, v in (task.get("config") or {}).items() if k not in TASK_KEYS_IGNORED}
+    blob = json.dumps([task["name"], task.get("version"), config], sort_keys=True, default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=4).hexdigest()
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
+def load_runs(records_dir: str | Path) -> Runs:
+    """Read every record under ``records_dir`` into :class:`Runs` (failed ones are only counted)."""
     import pandas as pd
 
+    all_records = list(iter_records(records_dir))
+    ok = [r for r in all_records if r["status"] == "ok"]
+    rows = []
+    for rec in ok:
+        task, method, timings = rec["task"], rec["method"], rec["timings"]
+        explain = timings.get("explain") or {}
+        fit = timings.get("fit") or {}
+        metrics = {
+            n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and e.get("value") is not None
+        }
+        config = method.get("config") or {}
+        n_explained = explain.get("n_points", task.get("n_explained", task["n_test"]))
+        rows.append(
+            {
+                "setting_key": (task["name"], task["n_train"], task["n_test"], _task_setting_hash(task)),
+                "task": task["name"],
+                "variant": task.get("variant") or STD,
+                "n_train": task["n_train"],
+                "n_test": task["n_test"],
+                "method": method["label"],
+                "method_name": method["name"],
+                "method_config": config,
+                "paper_name": paper_name(method["name"], config),
+                "C": _number(config.get("C")),
+                "seed": task.get("seed"),
+                "fit_cold_s": _number(fit.get("cold_s")),
+                "fit_warm_s": _number(fit.get("warm_s")),
+                "explain_s_per_point": _number(explain.get("per_point_median_s")),
+                "n_explained": n_explained,
+                "n_test_total": explain.get("n_test_total", task["n_test"]),
+                "explain_extrapolated": bool(explain.get("extrapolated", False)),
+                "metrics": {n: float(e["value"]) for n, e in metrics.items()},
+                "directions": {n: e["direction"] for n, e in metrics.items()},
+                "details": {n: e.get("details") or {} for n, e in metrics.items()},
+                "sparsity": rec.get("sparsity"),
+                "diagnostics": rec.get("diagnostics") or {},
+                "git": rec.get("git") or {},
+                "environment": rec.get("environment") or {},
+                "created_utc": rec.get("created_utc"),
+                "run_id": rec["run_id"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        names = _setting_names(frame["setting_key"])
+        frame.insert(0, "setting", [names[key] for key in frame["setting_key"]])
+    return Runs(frame=frame, records=ok, n_failed=len(all_records) - len(ok))
+
+
+def _setting_names(keys: Iterable[tuple[str, int, int, str]]) -> dict[tuple[str, int, int, str], str]:
+    """``"mnist, n_train=2000, n_test=100"``; the task configuration's hash is added where two settings
+    share that."""
+    keys = sorted(set(keys))
+    names = {}
+    for key in keys:
+        task, n_train, n_test, digest = key
+        base = f"{task}, n_train={n_train}, n_test={n_test}"
+        twins = [k for k in keys if k[:3] == key[:3]]
+        names[key] = base if len(twins) == 1 else f"{base} [task config {digest}]"
+    return names
+
+
+def setting_columns(row: Any) -> dict[str, Any]:
+    """The :data:`SETTING_COLUMNS` of a row of :attr:`Runs.frame` (or of a table)."""
+    return {column: row[column] for column in SETTING_COLUMNS}
+
+
+def settings_of(frame: pd.DataFrame) -> list[str]:
+    """Setting names in a stable order: by task, then training-set size, then name."""
+    if frame.empty:
+        return []
+    keys: dict[str, tuple[str, int, int, str]] = {}
+    for setting, task, n_train, n_test in zip(*(frame[c] for c in SETTING_COLUMNS), strict=True):
+        keys.setdefault(setting, (task, int(n_train), int(n_test), setting))
+    return sorted(keys, key=keys.__getitem__)
+
+
+# =============================================================================================
+# Tables
+# =============================================================================================
+@dataclass
+class Table:
+    """A derived table: ``frame`` (numbers, for CSV) and ``display`` (text, for Markdown, LaTeX, HTML).
+
+    Both are long: the :data:`SETTING_COLUMNS` first, then the table's own columns.
+    """
+
+    name: str
+    title: str
+    frame: pd.DataFrame
+    display: pd.DataFrame
+    definition: str
+    notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def per_setting(self) -> list[tuple[str, pd.DataFrame]]:
+        """``(setting, display table without the setting columns and without all-empty columns)``."""
+        out = []
+        if self.display.empty:
+            return out
+        for setting in settings_of(self.frame):  # the numbers sort by size, their text would not
+            part = self.display[self.display["setting"] == setting]
+            part = part.drop(columns=[c for c in SETTING_COLUMNS if c in part.columns])
+            keep = [c for c in part.columns if (part[c] != MISSING).any()]
+            out.append((setting, part[keep].reset_index(drop=True)))
+        return out
+
+
+MISSING = "—"
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A cell as text: numbers to ``spec``, missing values as an em dash, booleans as yes / empty."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return MISSING
+        if value.is_integer() and abs(value) < 1e6 and spec == "int":
+            return str(int(value))
+        return format(value, ".4g" if spec == "int" else spec)
+    text = str(value)
+    return text if text and text != "nan" else MISSING
+
+
+def _display(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> pd.DataFrame:
+    formats = formats or {}
+    out = frame.copy()
+    for column in out.columns:
+        spec = formats.get(column, ".4g")
+        out[column] = [fmt(v.item() if hasattr(v, "item") else v, spec) for v in frame[column]]
+    return out
+
+
+def _reference_row(rows: pd.DataFrame) -> pd.Series | None:
+    """DualDA at C = :data:`REFERENCE_C` (its default label first), else the DualDA C nearest in log10."""
+    candidates = rows[(rows["method_name"] == REFERENCE_METHOD) & rows["C"].notna() & (rows["C"] > 0)]
+    if candidates.empty:
+        return None
+    distance = (candidates["C"].map(math.log10) - math.log10(REFERENCE_C)).abs()
+    plain = candidates["method"] != REFERENCE_METHOD  # False (sorts first) for the default label
+    order = candidates.assign(_d=distance, _plain=plain).sort_values(["_d", "_plain", "method"])
+    return order.iloc[0]
+
+
+def speedup_table(runs: Runs) -> Table:
+    """Cost of explaining the paper's 2,000 test points, and DualDA's speed-up, per setting (``std``).
+
+    Per method label (means over seeds):
+
+    - ``cache_s``: the cold fit (cache miss: everything a method computes once before explaining);
+      where no record of the row measured a cold fit (the cache was already filled), the warm fit,
+      and ``cache_from`` says ``warm``;
+    - ``explain_ms_per_point``: the median over timed passes of the per-point explanation time;
+    - ``total_2000_s = cache_s + explain_ms_per_point * 2000 / 1000``; ``extrapolated`` is true when
+      the run explained fewer than 2,000 points (the total then scales the measured per-point time)
+      and ``n_explained`` says how many it explained;
+    - ``speedup = total_2000_s / total_2000_s of the reference``: how many times DualDA is faster.
+      The reference is DualDA at C = 1e-3 (the paper's middle C and the method's default; with
+      several such rows the default label), else the DualDA row whose C is nearest to 1e-3 in
+      log10; ``reference`` names it. Without DualDA rows the column is empty;
+    - ``paper_total_s``: the paper's Figure-1 total for the same method and dataset, and
+      ``paper_speedup`` = that / the paper's total of DualDA at the reference's C.
+    """
+    import pandas as pd
+
+    columns = [
+        "method",
+        "paper_name",
+        "n_seeds",
+        "cache_s",
+        "cache_from",
+        "explain_ms_per_point",
+        "n_explained",
+        "extrapolated",
+        "total_2000_s",
+        "reference",
+        "speedup",
+        "paper_total_s",
+        "paper_speedup",
+    ]
+    notes: list[tuple[str, str]] = []
+    missing: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
-    for rec in iter_records(records_dir):
+    frame = runs.frame
+    std = frame[frame["variant"] == STD] if not frame.empty else frame
+    for setting in settings_of(frame):
+        part = std[std["setting"] == setting]
+        if part.empty:
+            missing.append((setting, "no std-variant records, so no speed-up rows"))
+            continue
+        task = part["task"].iloc[0]
+        table_rows = []
+        for method, group in part.groupby("method", sort=True):
+            cold = group["fit_cold_s"].dropna()
+            cache_s = float(cold.mean()) if len(cold) else float(group["fit_warm_s"].mean())
+            per_point_s = float(group["explain_s_per_point"].mean())
+            n_explained = int(group["n_explained"].min())
+            table_rows.append(
+                {
+                    **setting_columns(part.iloc[0]),
+                    "method": method,
+                    "paper_name": group["paper_name"].iloc[0],
+                    "method_name": group["method_name"].iloc[0],
+                    "C": group["C"].iloc[0],
+                    "n_seeds": len(group),
+                    "cache_s": cache_s,
+                    "cache_from": "cold" if len(cold) else "warm",
+                    "explain_ms_per_point": 1e3 * per_point_s,
+                    "n_explained": n_explained,
+                    "extrapolated": bool(group["explain_extrapolated"].any() or n_explained < PAPER_N_TEST),
+                    "total_2000_s": cache_s + per_point_s * PAPER_N_TEST,
+                }
+            )
+        block = pd.DataFrame(table_rows)
+        ref = _reference_row(block)
+        paper_ref = figure1(task, ref["paper_name"]) if ref is not None else None
+        if ref is None:
+            missing.append((setting, f"no std-variant {REFERENCE_METHOD} record, so no speed-up factor"))
+        elif ref["C"] != REFERENCE_C:
+            notes.append(
+                (
+                    setting,
+                    f"no {REFERENCE_METHOD} run at C={format_c(REFERENCE_C)}; the reference is "
+                    f"{ref['method']} (C={format_c(ref['C'])})",
+                )
+            )
+        for row in table_rows:
+            paper = figure1(task, row["paper_name"])
+            row["reference"] = ref["method"] if ref is not None else None
+            row["speedup"] = row["total_2000_s"] / ref["total_2000_s"] if ref is not None else math.nan
+            row["paper_total_s"] = paper[0] if paper else math.nan
+            row["paper_speedup"] = paper[0] / paper_ref[0] if paper and paper_ref else math.nan
+            del row["method_name"], row["C"]
+        if task not in DATASET_NAMES:
+            missing.append((setting, f"the paper has no numbers for task {task!r}"))
+        if any(r["cache_from"] == "warm" for r in table_rows):
+            notes.append(
+                (
+                    setting,
+                    "cache_from = warm: the cache was already filled when the row's runs started (an "
+                    "earlier run, or another config sharing the same inputs), so the warm fit is shown",
+                )
+            )
+        if any(r["extrapolated"] for r in table_rows):
+            notes.append(
+                (
+                    setting,
+                    f"totals marked * are extrapolated: the run explained fewer than {PAPER_N_TEST:,} test "
+                    f"points (n_explained), so the total is the cache time plus the measured per-point "
+                    f"time x {PAPER_N_TEST:,}",
+                )
+            )
+        rows += sorted(table_rows, key=lambda r: r["total_2000_s"])
+    numbers = pd.DataFrame(rows, columns=[*SETTING_COLUMNS, *columns])
+    display = _display(numbers, {"n_seeds": "int", "n_explained": "int", "n_train": "int"})
+    if not numbers.empty:
+        display["total_2000_s"] = [
+            f"{t}*" if extra else t
+            for t, extra in zip(display["total_2000_s"], numbers["extrapolated"], strict=True)
+        ]
+        display = display.drop(columns="extrapolated")
+    return Table(
+        "speedup",
+        f"Cost of explaining {PAPER_N_TEST:,} test points, and DualDA's speed-up",
+        numbers,
+        display,
+        _doc_definition(speedup_table),
+        merge_notes(notes),
+        merge_notes(missing),
+    )
+
+
+def metric_values(runs: Runs) -> pd.DataFrame:
+    """Long table of metric values: one row per (setting, method, metric), the mean over seeds.
+
+    A metric is read from the records of the variant the paper computes it on
+    (:data:`harness.paper_numbers.METRIC_VARIANT`: subclass detection from ``group``, mislabel
+    detection from ``corrupt``, shortcut detection from ``mark``; every other metric from ``std``).
+    Columns: setting columns, ``method``, ``paper_name``, ``metric``, ``variant``, ``direction``,
+    ``value``, ``n_seeds``.
+    """
+    import pandas as pd
+
+    rows = []
+    for _, run in runs.frame.iterrows():
+        for metric, value in run["metrics"].items():
+            if run["variant"] != METRIC_VARIANT.get(metric, STD):
+                continue
+            rows.append(
+                {
+                    **setting_columns(run),
+                    "method": run["method"],
+                    "paper_name": run["paper_name"],
+                    "metric": metric,
+                    "variant": run["variant"],
+                    "direction": run["directions"][metric],
+                    "value": value,
+                }
+            )
+    columns = [*SETTING_COLUMNS, "method", "paper_name", "metric", "variant", "direction", "value"]
+    long = pd.DataFrame(rows, columns=columns)
+    if long.empty:
+        return long.assign(n_seeds=pd.Series(dtype=int))
+    keys = [*SETTING_COLUMNS, "method", "metric"]
+    grouped = long.groupby(keys, sort=True, dropna=False)
+    out = grouped.agg(
+        paper_name=("paper_name", "first"),
+        variant=("variant", "first"),
+        direction=("direction", "first"),
+        value=("value", "mean"),
+        n_seeds=("value", "size"),
+    )
+    return out.reset_index()
+
+
+def _metric_order(metrics: Iterable[str]) -> list[str]:
+    metrics = set(metrics)
+    return [m for m in PAPER_METRICS if m in metrics] + sorted(metrics - set(PAPER_METRICS))
+
+
+def _methods_of(runs: Runs, setting: str) -> pd.DataFrame:
+    part = runs.frame[runs.frame["setting"] == setting]
+    return part.drop_duplicates("method")[["method", "paper_name"]].sort_values("method")
+
+
+def _missing_metric_notes(runs: Runs, values: pd.DataFrame) -> list[str]:
+    notes: list[tuple[str, str]] = []
+    for setting in settings_of(runs.frame):
+        part = runs.frame[runs.frame["setting"] == setting]
+        variants = set(part["variant"])
+        have = set(values.loc[values["setting"] == setting, "metric"]) if not values.empty else set()
+        for metric in PAPER_METRICS:
+            if metric in have:
+                continue
+            variant = METRIC_VARIANT.get(metric, STD)
+            if variant not in variants:
+                notes.append((setting, f"no {variant}-variant records: {metric} not shown"))
+            else:
+                notes.append((setting, f"no {variant}-variant record has {metric}: not shown"))
+    return merge_notes(notes)
+
+
+def metric_table(runs: Runs, values: pd.DataFrame | None = None) -> Table:
+    """Method x metric per setting; the arrow after each metric says which direction is better.
+
+    Rows are method labels (the variants' records joined by label), columns the metrics: the
+    paper's seven in the paper's order, then the others alphabetically. Each value is the mean
+    over seeds of the metric in the records of its variant (subclass detection: ``group``,
+    mislabel detection: ``corrupt``, shortcut detection: ``mark``, the rest: ``std``); a
+    metric a method has no successful value for is empty.
+    """
+    import pandas as pd
+
+    values = metric_values(runs) if values is None else values
+    metrics = _metric_order(values["metric"]) if not values.empty else []
+    directions = (
+        values.drop_duplicates("metric").set_index("metric")["direction"].to_dict() if metrics else {}
+    )
+    headers = {m: f"{m} {ARROWS.get(directions[m], '')}".strip() for m in metrics}
+    rows = []
+    for setting in settings_of(runs.frame):
+        part = values[values["setting"] == setting] if not values.empty else values
+        if part.empty:
+            continue
+        first = runs.frame[runs.frame["setting"] == setting].iloc[0]
+        for _, method in _methods_of(runs, setting).iterrows():
+            mine = part[part["method"] == method["method"]].set_index("metric")["value"]
+            if mine.empty:
+                continue
+            row = {
+                **setting_columns(first),
+                "method": method["method"],
+                "paper_name": method["paper_name"],
+            }
+            row.update({headers[m]: float(mine[m]) if m in mine.index else math.nan for m in metrics})
+            rows.append(row)
+    numbers = pd.DataFrame(rows, columns=[*SETTING_COLUMNS, "method", "paper_name", *headers.values()])
+    sources = ", ".join(f"{m} from {v}" for m, v in METRIC_VARIANT.items())
+    return Table(
+        "metrics",
+        "Method x metric (↑ higher is better, ↓ lower is better)",
+        numbers,
+        _display(numbers, {"n_train": "int"}),
+        _doc_definition(metric_table) + f" Variants: {sources}; every other metric from std.",
+        missing=_missing_metric_notes(runs, values),
+    )
+
+
+def _rounded(value: float) -> float:
+    return float(f"{value:.{RANK_DIGITS}g}")
+
+
+def rank_metric(values: pd.Series, direction: str) -> pd.Series:
+    """Ranks of ``values`` (1 = best by ``direction``); equal values share the mean of their ranks."""
+    return values.map(_rounded).rank(ascending=direction == "lower", method="average")
+
+
+def rank_table(runs: Runs, values: pd.DataFrame | None = None) -> Table:
+    """Per-metric ranks (1 = best) and the average rank over the paper's seven metrics, per setting.
+
+    For each of the paper's metrics present in the setting, the methods with a value are ranked by
+    the metric's direction; equal values (to 12 significant digits) share the mean of the ranks
+    they span (1, 2.5, 2.5, 4). A method without a value for a metric is left out of that metric's
+    ranking (the others are ranked among themselves) and its average is over the metrics it has:
+    ``n_metrics`` says how many entered it, so averages over different counts are not directly
+    comparable. ``avg_rank`` ranks among all methods of the setting; ``avg_rank_paper_methods``
+    ranks among the methods of the paper's Figure 1 only (baselines such as ``random`` and the
+    similarity methods left out; empty for them), which is what ``paper_avg_rank`` (Figure 1, the
+    same dataset, ranks among 11 entries) compares with.
+    """
+    import pandas as pd
+
+    values = metric_values(runs) if values is None else values
+    paper_values = values[values["metric"].isin(PAPER_METRICS)] if not values.empty else values
+    metrics = _metric_order(paper_values["metric"]) if not paper_values.empty else []
+    rank_columns = [f"rank {m}" for m in metrics]
+    rows = []
+    notes = []
+    for setting in settings_of(runs.frame):
+        part = paper_values[paper_values["setting"] == setting] if not paper_values.empty else paper_values
+        if part.empty:
+            continue
+        first = runs.frame[runs.frame["setting"] == setting].iloc[0]
+        ranks_all: dict[str, dict[str, float]] = {}
+        ranks_paper: dict[str, dict[str, float]] = {}
+        counts = []
+        for metric in metrics:
+            m = part[part["metric"] == metric].set_index("method")
+            if m.empty:
+                continue
+            direction = m["direction"].iloc[0]
+            ranks_all[metric] = rank_metric(m["value"], direction).to_dict()
+            pool = m[m["paper_name"].notna()]
+            ranks_paper[metric] = rank_metric(pool["value"], direction).to_dict()
+            counts.append(f"{metric} {len(m)}")
+        notes.append(f"{setting}: methods ranked per metric: {', '.join(counts)}.")
+        for _, method in _methods_of(runs, setting).iterrows():
+            label = method["method"]
+            mine = {mt: r[label] for mt, r in ranks_all.items() if label in r}
+            if not mine:
+                continue
+            paper_ranks = [r[label] for r in ranks_paper.values() if label in r]
+            figure = figure1(first["task"], method["paper_name"])
+            row = {
+                **setting_columns(first),
+                "method": label,
+                "paper_name": method["paper_name"],
+            }
+            row.update({f"rank {mt}": mine.get(mt, math.nan) for mt in metrics})
+            row.update(
+                {
+                    "n_metrics": len(mine),
+                    "avg_rank": sum(mine.values()) / len(mine),
+                    "avg_rank_paper_methods": sum(paper_ranks) / len(paper_ranks)
+                    if paper_ranks
+                    else math.nan,
+                    "paper_avg_rank": figure[1] if figure else math.nan,
+                }
+            )
+            rows.append(row)
+    columns = [
+        *SETTING_COLUMNS,
+        "method",
+        "paper_name",
+        *rank_columns,
+        "n_metrics",
+        "avg_rank",
+        "avg_rank_paper_methods",
+        "paper_avg_rank",
+    ]
+    numbers = pd.DataFrame(rows, columns=columns)
+    if not numbers.empty:
+        numbers = numbers.sort_values(
+            ["task", "n_train", "n_test", "setting", "avg_rank", "method"], kind="stable"
+        )
+        numbers = numbers.reset_index(drop=True)
+    return Table(
+        "ranks",
+        "Average rank over the paper's seven metrics (1 = best)",
+        numbers,
+        _display(numbers, {"n_train": "int", "n_metrics": "int"}),
+        _doc_definition(rank_table),
+        notes,
+    )
+
+
+def sparsity_table(runs: Runs) -> Table:
+    """Sparsity of the attributions per (setting, variant, method), means over seeds.
+
+    ``l0_eps`` (share of training points with ``|a_i| / max|a| < 1e-6``), ``hoyer`` and
+    ``exact_zero_share`` are the record's sparsity block (the ``sparsity`` metric's details where the
+    block is missing), each already a mean over the explained test points; ``n_support`` and
+    ``support_share`` (of the training set) are the method's own diagnostics where it reports them
+    (DualDA: the support vectors, the only training points that can get a non-zero attribution).
+    ``C`` is the method's regularisation where its config has one. Rows: ``std`` first.
+    """
+    import pandas as pd
+
+    columns = [
+        "variant",
+        "method",
+        "paper_name",
+        "C",
+        "n_seeds",
+        "l0_eps",
+        "hoyer",
+        "exact_zero_share",
+        "n_support",
+        "support_share",
+    ]
+    rows = []
+    frame = runs.frame
+    for (_, variant, method), group in (
+        frame.groupby(["setting", "variant", "method"]) if not frame.empty else []
+    ):
+        values: dict[str, list[float]] = {
+            k: [] for k in ("l0_eps", "hoyer", "exact_zero_share", "n_support", "support_share")
+        }
+        for _, run in group.iterrows():
+            block = run["sparsity"] or run["details"].get("sparsity") or {}
+            for key in ("l0_eps", "hoyer", "exact_zero_share"):
+                values[key].append(_number(block.get(key)))
+            diag = run["diagnostics"]
+            n_support = _number(diag.get("n_support"))
+            share = _number(diag.get("support_share"))
+            if math.isnan(share) and not math.isnan(n_support):
+                share = n_support / run["n_train"]
+            values["n_support"].append(n_support)
+            values["support_share"].append(share)
+        mean = {k: _nanmean(v) for k, v in values.items()}
+        if all(math.isnan(v) for v in mean.values()):
+            continue
+        first = group.iloc[0]
+        rows.append(
+            {
+                **setting_columns(first),
+                "variant": variant,
+                "method": method,
+                "paper_name": first["paper_name"],
+                "C": first["C"],
+                "n_seeds": len(group),
+                **mean,
+            }
+        )
+    numbers = pd.DataFrame(rows, columns=[*SETTING_COLUMNS, *columns])
+    if not numbers.empty:
+        numbers = numbers.assign(_std=numbers["variant"] != STD).sort_values(
+            ["task", "n_train", "n_test", "setting", "_std", "variant", "method"], kind="stable"
+        )
+        numbers = numbers.drop(columns="_std").reset_index(drop=True)
+    display = _display(numbers, {"n_train": "int", "n_seeds": "int", "n_support": ".6g"})
+    if not numbers.empty:
+        display["C"] = [format_c(c) if c == c else MISSING for c in numbers["C"]]
+    return Table(
+        "sparsity",
+        "Sparsity of the attributions and support size",
+        numbers,
+        display,
+        _doc_definition(sparsity_table),
+        [],
+    )
+
+
+def merge_notes(notes: Sequence[tuple[str, str]]) -> list[str]:
+    """``(setting, message)`` pairs as one line per message, listing its settings (first-seen order)."""
+    merged: dict[str, list[str]] = {}
+    for setting, message in notes:
+        merged.setdefault(message, [])
+        if setting not in merged[message]:
+            merged[message].append(setting)
+    return [f"{message} ({'; '.join(settings)})." for message, settings in merged.items()]
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _doc_definition(function: Any) -> str:
+    """The docstring of a table function without its first line's indentation, for the reports."""
+    lines = (function.__doc__ or "").strip().splitlines()
+    body = [lines[0]] + [line[4:] if line.startswith("    ") else line for line in lines[1:]]
+    return "\n".join(body)
+
+
+# =============================================================================================
+# The summary table (one row per run configuration) — what `dabench report` has always shown
+# =============================================================================================
+def _summary_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for rec in records:
         if rec["status"] != "ok":
             continue
         row: dict[str, Any] = {
@@ -47,7 +720,14 @@ def records_frame(records_dir: str | Path) -> pd.DataFrame:
             if entry["status"] == "ok":
                 row[f"{name} {ARROWS[entry['direction']]}"] = entry["value"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
+
+
+def records_frame(records_dir: str | Path) -> pd.DataFrame:
+    """One row per successful record, flattened: ids, metrics and timings."""
+    import pandas as pd
+
+    return pd.DataFrame(_summary_rows(iter_records(records_dir)))
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -62,21 +742,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path, str]:
-    """Write ``summary.csv`` and ``summary.md``; return their paths and the Markdown text."""
-    results_dir = Path(results_dir)
-    records_dir = results_dir / "records"
-    if not records_dir.is_dir():
-        raise FileNotFoundError(
-            f"no records under {records_dir}; run `dabench run ...` or `./run_all.sh` first"
-        )
-    table = summary_table(records_frame(records_dir))
-    if table.empty:
-        raise FileNotFoundError(f"no successful records under {records_dir}")
-    out = Path(out_dir) if out_dir is not None else results_dir / "tables"
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "summary.csv", out / "summary.md"
-    table.to_csv(csv_path, index=False)
+def _summary_markdown(table: pd.DataFrame) -> str:
     markdown = table.to_markdown(index=False, floatfmt=".4g", missingval="—")
     if (table["n_explained"] < table["n_test"]).any():
         markdown += (
@@ -89,5 +755,209 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
             "\n\nfit_cold_s —: the method's cache was already filled (by an earlier run, or by another"
             " config sharing the same inputs), so no cold fit was measured for that row."
         )
-    md_path.write_text(markdown + "\n")
-    return csv_path, md_path, markdown
+    return markdown
+
+
+# =============================================================================================
+# Writers: CSV, Markdown, LaTeX
+# =============================================================================================
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "—": "--",
+}
+_LATEX_PATTERN = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped and the arrows and dash spelled for LaTeX."""
+    return _LATEX_PATTERN.sub(lambda m: _LATEX_SPECIAL[m.group(0)], text)
+
+
+def latex_tabular(display: pd.DataFrame, numeric: Sequence[bool] | None = None) -> str:
+    """A booktabs ``tabular`` of a text table, numeric columns right-aligned.
+
+    Needs ``\\usepackage{booktabs}`` in the document.
+    """
+    numeric = list(numeric) if numeric is not None else [False] * len(display.columns)
+    spec = "".join("r" if n else "l" for n in numeric)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    lines.append(" & ".join(latex_escape(str(c)) for c in display.columns) + r" \\")
+    lines.append("\\midrule")
+    for row in display.itertuples(index=False):
+        lines.append(" & ".join(latex_escape(str(v)) for v in row) + r" \\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines)
+
+
+def _numeric_columns(table: Table, columns: Sequence[str]) -> list[bool]:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    out = []
+    for column in columns:
+        series = table.frame[column] if column in table.frame.columns else None
+        out.append(series is not None and is_numeric_dtype(series) and not is_bool_dtype(series))
+    return out
+
+
+def table_markdown(table: Table) -> str:
+    parts = [f"## {table.title}", "", table.definition, ""]
+    for setting, part in table.per_setting():
+        parts += [f"### {setting}", "", part.to_markdown(index=False), ""]
+    if table.frame.empty:
+        parts += ["(no rows: the records hold nothing this table needs)", ""]
+    if table.notes or table.missing:
+        parts += ["Notes:", "", *[f"- {note}" for note in table.missing + table.notes], ""]
+    return "\n".join(parts)
+
+
+def table_latex(table: Table) -> str:
+    parts = [f"% {table.title} (dabench report; needs \\usepackage{{booktabs}})"]
+    for setting, part in table.per_setting():
+        caption = latex_escape(f"{table.title}: {setting}")
+        parts += [
+            "\\begin{table}[ht]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{caption}}}",
+            latex_tabular(part, _numeric_columns(table, part.columns)),
+            "\\end{table}",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    """``<name>.csv`` (numbers), ``<name>.md`` and ``<name>.tex`` (text) under ``out_dir``."""
+    paths = [out_dir / f"{table.name}.{ext}" for ext in ("csv", "md", "tex")]
+    table.frame.to_csv(paths[0], index=False)
+    paths[1].write_text(table_markdown(table) + "\n")
+    paths[2].write_text(table_latex(table) + "\n")
+    return paths
+
+
+# =============================================================================================
+# Entry points
+# =============================================================================================
+@dataclass
+class Report:
+    """What :func:`build_report` derived and wrote."""
+
+    runs: Runs
+    summary: pd.DataFrame
+    summary_markdown: str
+    tables: list[Table]
+    table_paths: list[Path] = field(default_factory=list)
+    figure_paths: list[Path] = field(default_factory=list)
+    html_path: Path | None = None
+    #: What the tables and figures could not show, and why (missing variants, metrics, sizes).
+    missing: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
+
+
+def derive_tables(runs: Runs) -> list[Table]:
+    """The speed-up, metric, rank and sparsity tables of ``runs``."""
+    values = metric_values(runs)
+    return [speedup_table(runs), metric_table(runs, values), rank_table(runs, values), sparsity_table(runs)]
+
+
+def _records_dir(results_dir: Path) -> Path:
+    records_dir = results_dir / "records"
+    if not records_dir.is_dir():
+        raise FileNotFoundError(
+            f"no records under {records_dir}; run `dabench run ...` or `./run_all.sh` first"
+        )
+    return records_dir
+
+
+def build_report(
+    results_dir: str | Path,
+    tables_dir: str | Path | None = None,
+    *,
+    figures_dir: str | Path | None = None,
+    html_path: str | Path | None = None,
+    figures: bool = True,
+    html: bool = True,
+) -> Report:
+    """Derive every table from the records; write them, the figures and the HTML page.
+
+    Parameters
+    ----------
+    results_dir:
+        Folder holding ``records/``.
+    tables_dir, figures_dir, html_path:
+        Outputs (defaults ``<results>/tables``, ``<results>/figures``, ``<results>/report.html``).
+    figures, html:
+        False skips the figures or the HTML page (which then shows the tables only).
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no ``records/`` folder or no successful record in it.
+    """
+    import pandas as pd
+    from pandas.api.types import is_numeric_dtype
+
+    results_dir = Path(results_dir)
+    runs = load_runs(_records_dir(results_dir))
+    if runs.empty:
+        raise FileNotFoundError(f"no successful records under {results_dir / 'records'}")
+    summary = summary_table(pd.DataFrame(_summary_rows(runs.records)))
+    report = Report(runs, summary, _summary_markdown(summary), derive_tables(runs))
+    if runs.n_failed:
+        report.missing.append(
+            f"{runs.n_failed} failed record(s) are not shown (their errors are in the records; rerun "
+            "them with --retry-failed)."
+        )
+    for table in report.tables:
+        report.missing += table.missing
+
+    out = Path(tables_dir) if tables_dir is not None else results_dir / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, tex_path = (out / f"summary.{ext}" for ext in ("csv", "md", "tex"))
+    summary.to_csv(csv_path, index=False)
+    md_path.write_text(report.summary_markdown + "\n")
+    summary_text = _display(summary)
+    tex_path.write_text(
+        "% All runs, mean over seeds (dabench report; needs \\usepackage{booktabs})\n"
+        + latex_tabular(summary_text, [is_numeric_dtype(summary[c]) for c in summary.columns])
+        + "\n"
+    )
+    report.table_paths += [csv_path, md_path, tex_path]
+    for table in report.tables:
+        report.table_paths += write_table(table, out)
+
+    if figures:
+        from paper_figures import draw_all
+
+        drawn = draw_all(runs, Path(figures_dir) if figures_dir is not None else results_dir / "figures")
+        report.figure_paths = drawn.paths
+        report.missing += drawn.notes
+    if html:
+        from harness.html_report import write_html
+
+        target = Path(html_path) if html_path is not None else results_dir / "report.html"
+        report.html_path = write_html(report, target)
+    return report
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path, str]:
+    """Write every table (``summary``, ``speedup``, ``metrics``, ``ranks``, ``sparsity``; CSV,
+    Markdown, LaTeX) under ``out_dir`` (default ``<results>/tables``), no figures.
+
+    Returns the paths of ``summary.csv`` and ``summary.md`` and the summary's Markdown.
+    """
+    report = build_report(results_dir, out_dir, figures=False, html=False)
+    return report.table_paths[0], report.table_paths[1], report.summary_markdown

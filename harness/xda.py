@@ -37,23 +37,44 @@ residual additions made explicit so the Norm rule applies); any other model with
 check looks at module types (torchvision's classes), so no task module is imported.
 
 Conservation at the input. The input relevances do not sum exactly to ``a_i``: rules that keep a
-bias in their denominator absorb relevance there (epsilon, z+, alpha-beta), and the epsilon
-stabiliser absorbs some more. Measured on MNIST BasicConv (2,000 training points, quick preset,
-seed 0, DualDA C=1e-3), for the top-3 proponents and opponents of the first 10 test points, as
-``|sum of input relevance - a_i| / |a_i|`` (median, max over 60 pairs per side):
+bias in their denominator (epsilon, z+, alpha-beta, gamma) hand the bias its share, which is lost
+on the way down, and the epsilon stabiliser absorbs a little more. Measured on MNIST BasicConv
+(2,000 training points, quick preset, seed 0; the ``mnist_small_setup`` of the tests) with DualDA
+C=1e-3, for the top-3 proponents and top-3 opponents of the first 30 test points (180 pairs), as
+``|sum of input relevance - a_i| / |a_i|``, median / max:
 
-================================  ====================  ====================
-composite                         training image        test image
-================================  ====================  ====================
-EpsilonPlusFlat (default)         MEASURED              MEASURED
-EpsilonPlus                       MEASURED              MEASURED
-EpsilonAlpha2Beta1Flat            MEASURED              MEASURED
-EpsilonAlpha2Beta1                MEASURED              MEASURED
-EpsilonGammaBox                   MEASURED              MEASURED
-================================  ====================  ====================
+======================  ===============  ===============  ====================================
+composite               training image   test image       the test point's heatmap vs its logit
+======================  ===============  ===============  ====================================
+EpsilonPlusFlat         0.045 / 0.066    0.049 / 0.086    0.045 / 0.084
+EpsilonPlus             0.114 / 0.146    0.121 / 0.178    0.116 / 0.176
+EpsilonAlpha2Beta1Flat  0.138 / 0.208    0.144 / 0.217    0.150 / 0.235
+EpsilonAlpha2Beta1      0.036 / 0.112    0.034 / 0.108    0.050 / 0.120
+EpsilonGammaBox         0.016 / 0.037    0.018 / 0.037    0.017 / 0.043
+======================  ===============  ===============  ====================================
 
-(:data:`INPUT_CONSERVATION_TOLERANCE` holds the bound the tests assert.) Every result records its
-own numbers (:meth:`XDAResult.conservation`).
+Representer Points (lambda 3e-3) on the same pairs: maxima 0.074 / 0.104 (EpsilonPlusFlat), 0.158 /
+0.200, 0.200 / 0.219, 0.121 / 0.108, 0.046 / 0.039 (training / test image, same order). With
+EpsilonPlusFlat the input sum is 0.90-0.98 of ``a_i`` (never more, never of the other sign); with the
+biases zeroed (``EpsilonPlusFlat(zero_params=["bias"])``) it matches ``a_i`` to 3.3e-6, so the loss
+is the biases' share and the plumbing itself conserves. A randomly initialised ResNet-18 (batch
+norms merged by the canonizer) loses at most 0.066 with EpsilonPlusFlat and 0.18 with
+EpsilonAlpha2Beta1. :data:`INPUT_CONSERVATION_TOLERANCE` holds the bounds the tests assert (about
+1.5 times the largest value measured); every result records its own numbers
+(:meth:`XDAResult.conservation`).
+
+The watermark (mark variant, MNIST, 1,000 training points, quick preset; the shortcut is learned: 71%
+of the 400 first test points are predicted as class 2). The watermark covers 31.1% of the pixels.
+Share of the positive relevance of the test point's own LRP heatmap inside it, over the first 20
+test points predicted as 2 with another true label (median, min-max): EpsilonPlus 0.625
+(0.43-0.76), EpsilonGammaBox 0.46 (0.32-0.56), EpsilonAlpha2Beta1Flat 0.35 (0.26-0.42),
+EpsilonPlusFlat 0.32 (0.22-0.38); on correctly classified test points of other classes (also
+watermarked) 0.21, 0.15, 0.17 and 0.14. The flat rule of the ``...Flat`` composites spreads each
+first-layer relevance evenly over its 3x3 receptive field, which blurs a 2-pixel frame and a 6x6
+square by a pixel on each side: with the default composite the share is about the area share.
+The XDA heatmaps on the test image of the top-3 proponents have median shares 0.37 (EpsilonPlus)
+and 0.20 (EpsilonPlusFlat). DualDA's top proponents there are unmarked class-2 images (0 of 60):
+only 1 of the 33 watermarked training images is a support vector (they are far from the margin).
 
 Python API::
 
@@ -103,7 +124,13 @@ DEFAULT_COMPOSITE = COMPOSITES[0]
 NEEDS_BOUNDS = frozenset({"EpsilonGammaBox"})
 #: Bound on ``|input relevance sum - a_i| / |a_i|`` per composite asserted by the tests on MNIST
 #: BasicConv (the measured maximum plus a margin; see the module docstring).
-INPUT_CONSERVATION_TOLERANCE: dict[str, float] = {}
+INPUT_CONSERVATION_TOLERANCE: dict[str, float] = {
+    "EpsilonPlusFlat": 0.15,
+    "EpsilonPlus": 0.3,
+    "EpsilonAlpha2Beta1Flat": 0.35,
+    "EpsilonAlpha2Beta1": 0.2,
+    "EpsilonGammaBox": 0.08,
+}
 #: A method's terms must match ``alpha phi(x) phi(x_i)`` to this relative error (checks ``train_x``).
 _FORM_TOLERANCE = 1e-2
 
@@ -206,30 +233,32 @@ class XDAResult:
         }
 
     def region_shares(self) -> dict[str, Any] | None:
-        """Share of positive relevance inside :attr:`region`, per heatmap (None without a region).
+        """Share of the relevance inside :attr:`region`, per heatmap (None without a region).
 
-        ``pixel_share`` is the region's share of the pixels: the share a heatmap spread evenly
-        would have.
+        For the test point's heatmap and the proponents' heatmaps: the share of the POSITIVE
+        relevance; for the opponents' (``a_i < 0``): the share of the NEGATIVE relevance, i.e.
+        always the relevance that carries the attribution's sign (:func:`positive_share` of the
+        heatmap times ``sign(a_i)``). ``pixel_share`` is the region's share of the pixels: the
+        share a heatmap spread evenly would have.
         """
         if self.region is None:
             return None
+        region = self.region
+
+        def sides(p: PairExplanation) -> dict[str, float | None]:
+            sign = 1.0 if p.attribution >= 0 else -1.0
+            return {
+                "train": positive_share(sign * p.train_heatmap, region),
+                "test": positive_share(sign * p.test_heatmap, region),
+            }
+
         return {
-            "pixel_share": float(self.region.double().mean()),
-            "test_heatmap": positive_share(self.test_heatmap, self.region),
-            "proponents": [
-                {
-                    "train": positive_share(p.train_heatmap, self.region),
-                    "test": positive_share(p.test_heatmap, self.region),
-                }
-                for p in self.proponents
-            ],
-            "opponents": [
-                {
-                    "train": positive_share(p.train_heatmap, self.region),
-                    "test": positive_share(p.test_heatmap, self.region),
-                }
-                for p in self.opponents
-            ],
+            "pixel_share": float(region.double().mean()),
+            "test_heatmap": positive_share(
+                self.test_heatmap if self.logit >= 0 else -self.test_heatmap, region
+            ),
+            "proponents": [sides(p) for p in self.proponents],
+            "opponents": [sides(p) for p in self.opponents],
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -333,7 +362,8 @@ def composite_names() -> list[str]:
     return list(COMPOSITES)
 
 
-def _resolve_name(name: str) -> str:
+def resolve_composite_name(name: str) -> str:
+    """The class name of an offered composite (``name`` may be zennit's snake_case name); ConfigError else."""
     import zennit.composites
 
     registered = {cls.__name__: key for key, cls in zennit.composites.COMPOSITES.items()}
@@ -382,7 +412,7 @@ def make_composite(
         return composite, type(composite).__name__, [type(c).__name__ for c in composite.canonizers or []]
     if not isinstance(composite, str):
         raise ConfigError(f"composite must be a name or a zennit Composite, got {type(composite).__name__}")
-    name = _resolve_name(composite)
+    name = resolve_composite_name(composite)
     canonizers = canonizers_for(module)
     cls = getattr(zennit.composites, name)
     if name in NEEDS_BOUNDS:
@@ -598,8 +628,8 @@ def xda_for_test_point(
         Proponents (largest ``a_i > 0``) and opponents (most negative ``a_i < 0``) shown each; fewer
         when fewer training points have an attribution of that sign.
     region:
-        ``(*spatial)`` bool, optional: a region (e.g. the watermark) whose share of positive
-        relevance :meth:`XDAResult.region_shares` reports.
+        ``(*spatial)`` bool, optional: a region (e.g. the watermark) whose share of the relevance
+        :meth:`XDAResult.region_shares` reports.
 
     Returns
     -------
@@ -665,8 +695,10 @@ def watermark_region(marked: Tensor, unmarked: Tensor) -> Tensor:
     """The pixels a watermark occupies, read off the data: ``(*spatial)`` bool.
 
     A pixel belongs to the watermark when every marked image has the same value there (in every
-    channel) and not every unmarked image has that value. The harness finds the mark variant's
-    region this way without importing the task that drew it.
+    channel) and fewer than half of the unmarked images have that value. (The second condition
+    drops background pixels that happen to be constant in the marked images, such as the empty
+    margins of MNIST digits.) The harness finds the mark variant's region this way without
+    importing the task that drew it.
 
     Parameters
     ----------
@@ -678,9 +710,9 @@ def watermark_region(marked: Tensor, unmarked: Tensor) -> Tensor:
     if marked.shape[0] < 2 or unmarked.shape[0] < 1:
         raise DataError("finding the watermark needs at least two marked images and one unmarked image")
     first = marked[:1]
-    same_marked = (marked == first).all(dim=0).all(dim=0)
-    unmarked_equal = (unmarked == first).all(dim=0).all(dim=0)
-    return same_marked & ~unmarked_equal
+    same_marked = (marked == first).all(dim=1).all(dim=0)
+    share_unmarked = (unmarked == first).all(dim=1).double().mean(dim=0)
+    return same_marked & (share_unmarked < 0.5)
 
 
 # ----- helpers -------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ class DualDA(Method):
 
     Config = DualDAConfig
     version = "1"
-    supports = frozenset({"self_influence", "sparse", "cache"})
+    supports = frozenset({"self_influence", "sparse", "cache", "feature_decomposition"})
     attributes_through = "penultimate features (an SVM surrogate of the classifier on phi)"
     self_influence_definition = "||phi_i||^2 alpha_i^{y_i} (options: ||phi_i|| alpha_i^{y_i}, alpha_i^{y_i})"
 
@@ -296,6 +296,28 @@ class DualDA(Method):
         values, columns = torch.topk(sparse.values, k, dim=1, largest=largest)
         return values, sparse.indices[columns]
 
+    def feature_relevance(self, x: Tensor, target: int | Tensor, train_indices: Tensor) -> Tensor:
+        """XDA's per-feature terms ``alpha_i^c phi_k(x) phi_k(x_i)``: ``(m, d)`` float64 (:class:`Method`).
+
+        ``x`` ``(1, *input_shape)``; rows of training points that are not support vectors are 0.
+        """
+        self._require_fitted()
+        assert self._model is not None and self._device is not None and self.alpha_ is not None
+        assert self.support_ is not None and self.support_features_ is not None
+        n_train, k = self.alpha_.shape
+        index, c = _check_decomposition_input(x, target, train_indices, n_train, k)
+        phi = self._features(self._model, x, self._device).double()  # (1, d)
+        position = torch.full((n_train,), -1, dtype=torch.long)
+        position[self.support_.cpu()] = torch.arange(self.support_.numel())
+        pos = position[index]
+        rows = torch.zeros(len(index), phi.shape[1], dtype=torch.float64, device=self._device)
+        hit = pos >= 0
+        if hit.any():
+            alpha = self.alpha_[index[hit], c].to(self._device)
+            support = self.support_features_[pos[hit].to(self._device)].double()
+            rows[hit.to(self._device)] = alpha[:, None] * phi * support
+        return rows
+
     def self_influence(self) -> Tensor:
         """``(n_train,)`` float32 self-influence (``config.self_influence`` chooses the definition)."""
         self._require_fitted()
@@ -347,6 +369,23 @@ def _num_classes(model: nn.Module, labels: Tensor) -> int:
     if labels.numel() and int(labels.max()) >= k:
         raise DataError(f"DualDA: labels reach {int(labels.max())} but the model has {k} outputs")
     return k
+
+
+def _check_decomposition_input(
+    x: Tensor, target: int | Tensor, train_indices: Tensor, n_train: int, k: int
+) -> tuple[Tensor, int]:
+    """``(m,)`` long CPU training indices and the int class, checked (DataError on bad input)."""
+    if x.dim() < 2 or x.shape[0] != 1:
+        raise DataError(
+            f"DualDA: feature_relevance explains one input (1, *input_shape), got {tuple(x.shape)}"
+        )
+    c = int(target)
+    if not 0 <= c < k:
+        raise DataError(f"DualDA: target must be a class in 0..{k - 1}, got {c}")
+    index = torch.as_tensor(train_indices).detach().cpu().long().reshape(-1)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_train):
+        raise DataError(f"DualDA: training indices must lie in 0..{n_train - 1}")
+    return index, c
 
 
 def _model_device(model: nn.Module) -> torch.device:

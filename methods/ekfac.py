@@ -351,8 +351,8 @@ class EKFAC(Method):
         if cfg.max_module_params is not None and not cfg.modules:
             if not modules:
                 raise DataError(
-                    f"EKFAC: no Linear or Conv2d module has at most max_module_params={cfg.max_module_params} "
-                    "weights; raise it or set it to None"
+                    f"EKFAC: no Linear or Conv2d module has at most max_module_params="
+                    f"{cfg.max_module_params} weights; raise it or set it to None"
                 )
             self.attributes_through = "modules " + ", ".join(modules)  # type: ignore[misc]
         self._task = _kronfluence_task(generator, modules)

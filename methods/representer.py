@@ -235,7 +235,7 @@ class RepresenterPoints(Method):
 
     Config = RepresenterConfig
     version = "1"
-    supports = frozenset({"cache", "self_influence"})
+    supports = frozenset({"cache", "self_influence", "feature_decomposition"})
     attributes_through = "last layer (surrogate of the classifier on penultimate features)"
     self_influence_definition = "alpha_i^{y_i} ||phi_i||^2 (the self-attribution a_i(x_i) for class y_i)"
 
@@ -396,6 +396,30 @@ class RepresenterPoints(Method):
         self._require_fitted()
         assert self._model is not None and self._device is not None
         return self.explain_features(self._features(self._model, x, self._device), targets)
+
+    def feature_relevance(self, x: Tensor, target: int | Tensor, train_indices: Tensor) -> Tensor:
+        """XDA's per-feature terms ``alpha_i^c phi_k(x) phi_k(x_i)``: ``(m, d)`` float64 (:class:`Method`).
+
+        ``x`` ``(1, *input_shape)``: one test input; row ``j`` sums to ``explain(x, target)[0, i_j]``.
+        """
+        self._require_fitted()
+        assert self._model is not None and self._device is not None and self.alpha_ is not None
+        assert self.train_features_ is not None
+        n_train, k = self.alpha_.shape
+        if x.dim() < 2 or x.shape[0] != 1:
+            raise DataError(
+                "Representer Points: feature_relevance explains one input (1, *input_shape), got "
+                f"{tuple(x.shape)}"
+            )
+        c = int(target)
+        if not 0 <= c < k:
+            raise DataError(f"Representer Points: target must be a class in 0..{k - 1}, got {c}")
+        index = torch.as_tensor(train_indices).detach().cpu().long().reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_train):
+            raise DataError(f"Representer Points: training indices must lie in 0..{n_train - 1}")
+        phi = self._features(self._model, x, self._device).double()  # (1, d)
+        alpha = self.alpha_[index, c].to(self._device)
+        return alpha[:, None] * phi * self.train_features_[index.to(self._device)].double()
 
     def self_influence(self) -> Tensor:
         """``(n_train,)`` float32: ``alpha_i^{y_i} ||phi_i||^2``, the self-attribution."""

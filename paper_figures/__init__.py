@@ -3,3 +3,59 @@
 Nothing here reads a method or a task: only ``results/records``. The figures arrive with the
 reproduction issue; the package exists so the layout of the design card holds from the start.
 """
+
+# --- the report's figures (runtime vs rank, sparsity vs C, scaling, mislabel curves) -----------
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import os
+
+    from harness.report import Runs
+    from paper_figures._common import Drawn
+
+
+def draw_all(results: "str | os.PathLike[str] | Runs", out_dir: "str | os.PathLike[str]") -> "Drawn":
+    """Draw every report figure (PNG and PDF) into ``out_dir`` from the records alone.
+
+    Parameters
+    ----------
+    results:
+        A results folder holding ``records/``, or records already loaded by
+        :func:`harness.report.load_runs`.
+    out_dir:
+        Folder of the figures (created).
+
+    Returns
+    -------
+    Drawn
+        ``paths`` of the files written and ``notes`` on what could not be drawn and why.
+    """
+    import logging
+    from pathlib import Path
+
+    from harness.report import Runs, load_runs, metric_values, rank_table, sparsity_table, speedup_table
+    from paper_figures import mislabel_curves, runtime_vs_rank, scaling, sparsity_vs_c
+    from paper_figures._common import Drawn
+
+    runs = results if isinstance(results, Runs) else load_runs(Path(results) / "records")
+    out = Path(out_dir)
+    drawn = Drawn()
+    if runs.empty:
+        drawn.notes.append("figures: no successful records, nothing drawn.")
+        return drawn
+    values = metric_values(runs)
+    figures = {
+        "runtime vs rank": lambda: runtime_vs_rank.draw(
+            runs, speedup_table(runs), rank_table(runs, values), out
+        ),
+        "sparsity vs C": lambda: sparsity_vs_c.draw(runs, sparsity_table(runs), out),
+        "scaling": lambda: scaling.draw(runs, out),
+        "mislabel curves": lambda: mislabel_curves.draw(runs, out),
+    }
+    for name, draw in figures.items():
+        try:  # one figure that fails must not cost the report its tables and other figures
+            drawn.extend(draw())
+        except Exception as err:  # reported in the notes and the log
+            logging.getLogger(__name__).exception("figure %s failed", name)
+            drawn.notes.append(f"{name}: drawing failed ({type(err).__name__}: {err}).")
+    return drawn

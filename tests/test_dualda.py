@@ -45,12 +45,13 @@ def mnist_fitted(mnist_small_setup, tmp_path_factory):
 
 def test_registered_under_its_paper_name() -> None:
     assert METHODS.get("dualda") is DualDA
-    assert DualDA.supports == {"self_influence", "sparse", "cache"}
+    assert DualDA.supports == {"self_influence", "sparse", "cache", "feature_decomposition"}
     assert [c.C for c in DualDAConfig.grid()] == list(C_GRID) == [1e-5, 1e-3, 1e-1]
     from harness.suites import DUALDA_C_GRID, get_suite
 
     assert DUALDA_C_GRID == C_GRID
-    in_suite = [dict(s.method.overrides)["C"] for s in get_suite("quick") if s.method.name == "dualda"]
+    std_specs = [s for s in get_suite("quick") if dict(s.task.overrides)["variant"] == "std"]
+    in_suite = [dict(s.method.overrides)["C"] for s in std_specs if s.method.name == "dualda"]
     assert in_suite == list(C_GRID)
 
 

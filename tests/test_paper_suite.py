@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_dispatch import _slurm_up
 
 from harness import records
-from test_dispatch import _slurm_up
 
 PROJECT = Path(__file__).resolve().parent.parent
 AWA_CLASSES = ("antelope", "bat", "cow", "dolphin")
@@ -34,7 +34,10 @@ def _fake_cifar(root: Path, n_train: int = 40, n_test: int = 16) -> None:
         labels = [(b * per + i) % 10 for i in range(per)]
         batch = {b"labels": labels, b"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8)}
         (folder / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch))
-    test = {b"labels": [i % 10 for i in range(n_test)], b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)}
+    test = {
+        b"labels": [i % 10 for i in range(n_test)],
+        b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
 

@@ -74,7 +74,7 @@ def fitted(request):
 
 
 def test_contract_and_presets() -> None:
-    assert RepresenterPoints.supports == {"cache", "self_influence"}
+    assert RepresenterPoints.supports == {"cache", "self_influence", "feature_decomposition"}
     assert RepresenterPoints.attributes_through.startswith("last layer")
     assert RepresenterPoints.self_influence_definition
     paper = RepresenterConfig.paper()
