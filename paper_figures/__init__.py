@@ -1,7 +1,10 @@
-"""Figures of the paper (runtime vs rank, speed-up tables) drawn from run records alone.
+"""The paper's figures, drawn from run records alone (matplotlib, PNG and PDF).
 
-Nothing here reads a method or a task: only ``results/records``. The figures arrive with the
-reproduction issue; the package exists so the layout of the design card holds from the start.
+Nothing here reads a method or a task: only ``results/records`` (and, for the XDA figure, the JSON and
+arrays that ``dabench xda`` writes). :func:`draw_all` draws the report's figures: runtime vs average
+rank (:mod:`paper_figures.runtime_vs_rank`), sparsity vs C (:mod:`paper_figures.sparsity_vs_c`),
+explanation time vs training-set size (:mod:`paper_figures.scaling`) and mislabel-detection curves
+(:mod:`paper_figures.mislabel_curves`); :mod:`paper_figures.xda_figure` draws the XDA figure.
 """
 
 # --- the report's figures (runtime vs rank, sparsity vs C, scaling, mislabel curves) -----------
