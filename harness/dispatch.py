@@ -152,19 +152,22 @@ def dispatch(
             if on_done is not None:
                 on_done(path)
 
-        if cluster == "slurm":
-            jobs = executor.map_array(job, specs)
-            pending = list(zip(jobs, items, strict=True))
+        def reap(running: list[tuple[Any, ResolvedSpec]]) -> list[tuple[Any, ResolvedSpec]]:
+            """Finish the done jobs; return the others (after a pause when some still run)."""
+            still = []
+            for submitted, item in running:
+                if submitted.done():
+                    finish(submitted, item)
+                else:
+                    still.append((submitted, item))
+            if still:
+                time.sleep(config.poll_s)
+            return still
+
+        if cluster == "slurm":  # one job array; Slurm throttles it (slurm_array_parallelism)
+            pending = list(zip(executor.map_array(job, specs), items, strict=True))
             while pending:
-                still = []
-                for submitted, item in pending:
-                    if submitted.done():
-                        finish(submitted, item)
-                    else:
-                        still.append((submitted, item))
-                pending = still
-                if pending:
-                    time.sleep(config.poll_s)
+                pending = reap(pending)
         else:  # local: at most `parallelism` processes at once
             queue = list(zip(specs, items, strict=True))
             running: list[tuple[Any, ResolvedSpec]] = []
@@ -172,15 +175,7 @@ def dispatch(
                 while queue and len(running) < config.parallelism:
                     spec, item = queue.pop(0)
                     running.append((executor.submit(job, spec), item))
-                still = []
-                for submitted, item in running:
-                    if submitted.done():
-                        finish(submitted, item)
-                    else:
-                        still.append((submitted, item))
-                running = still
-                if running:
-                    time.sleep(config.poll_s)
+                running = reap(running)
     return paths
 
 
