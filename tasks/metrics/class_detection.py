@@ -23,13 +23,12 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
-from harness.config import Config, ConfigError, option
+from harness.config import Config, option, require_positive_int
 from harness.protocols import Metric, MetricContext, MetricResult
+from tasks.metrics._quanda import LabelledTensors
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +40,7 @@ class ClassDetectionConfig(Config):
     top_k: int = option(5, "number of top-attributed training points compared with the prediction")
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}")
-
-
-class _LabelledTensors(torch.utils.data.Dataset):
-    """``(x_i, y_i)`` items with ``y_i`` a Python int: what quanda reads labels from.
-
-    Indexing is O(1) (a tensor view and a list lookup), so quanda's per-index label lookups stay
-    cheap for 60,000 training points.
-    """
-
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        self.x = x
-        self.labels: list[int] = [int(v) for v in y.detach().cpu().tolist()]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.x[index], self.labels[index]
+        require_positive_int(self.top_k, "top_k")
 
 
 class ClassDetection(Metric):
@@ -99,7 +79,7 @@ class ClassDetection(Metric):
                 f"and {tuple(targets.shape)}"
             )
         top_k: int = self.config.top_k  # type: ignore[attr-defined]
-        train = _LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
         metric = ClassDetectionMetric(model=ctx.model, train_dataset=train, s=top_k)
         metric.update(explanations=explanations.detach(), test_targets=targets.detach())
         value = float(metric.compute()["score"])

@@ -33,6 +33,7 @@ import torch
 
 from harness.config import Config, ConfigError, option, require_positive_int
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
+from tasks.metrics._quanda import LengthOnly
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -116,7 +117,7 @@ class LDS(Metric):
         subset_size = int(cfg.alpha * n_train)
         if subset_size < 1:
             raise DataError(f"alpha {cfg.alpha} of {n_train} training points leaves an empty subset")
-        train = _IndexOnly(n_train)
+        train = LengthOnly(n_train, "lds")
         subset_ids = LinearDatamodelingMetric.generate_subsets(
             train, alpha=cfg.alpha, m=cfg.m, generator=torch.Generator().manual_seed(cfg.seed)
         )
@@ -177,19 +178,6 @@ def _model_output(model: nn.Module, x: Tensor, targets: Tensor, kind: str, batch
                 others = logits.scatter(1, c, float("-inf"))
                 parts.append(logits.gather(1, c).squeeze(1) - torch.logsumexp(others, dim=1))
     return torch.cat(parts)
-
-
-class _IndexOnly(torch.utils.data.Dataset):
-    """A dataset of ``n`` placeholders: quanda needs the training set's length, not its items here."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        raise DataError("LDS reads no training items through quanda (the harness retrains)")
 
 
 def _checked(ctx: MetricContext) -> tuple[Tensor, Tensor]:

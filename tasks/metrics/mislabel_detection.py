@@ -56,7 +56,7 @@ import torch
 
 from harness.config import Config
 from harness.protocols import CapabilityError, DataError, Metric, MetricContext, MetricResult
-from tasks.metrics.class_detection import _LabelledTensors
+from tasks.metrics._quanda import LabelledTensors
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class MislabelDetection(Metric):
 
         metric = MislabelingDetectionMetric(
             model=ctx.model,
-            train_dataset=_LabelledTensors(train.x, train.y),
+            train_dataset=LabelledTensors(train.x, train.y),
             mislabeling_indices=torch.nonzero(flipped).flatten().tolist(),
             precomputed_self_influence=encoded,
         )

@@ -35,6 +35,7 @@ import torch
 
 from harness.config import Config, ConfigError, option
 from harness.protocols import CHECKPOINTS_ATTR, Checkpoint, DataError, Metric, MetricContext, MetricResult
+from tasks.metrics._quanda import LengthOnly
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -107,7 +108,7 @@ class ModelRandomization(Metric):
                 model=ctx.model,
                 model_id="run",
                 cache_dir=scratch,
-                train_dataset=_Length(len(ctx.data.train)),
+                train_dataset=LengthOnly(len(ctx.data.train), "model_randomization"),
                 checkpoints=[weights],
                 explainer_cls=_Refit,
                 expl_kwargs={"explain_randomized": explain_randomized},
@@ -151,19 +152,6 @@ class _Refit:
                 f"{self._explanations.shape[0]} explained"
             )
         return self._explanations
-
-
-class _Length(torch.utils.data.Dataset):
-    """A dataset that only knows its length (the harness holds the training data)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Any:
-        raise DataError("model_randomization reads no training items through quanda")
 
 
 def _scratch(ctx: MetricContext) -> str:

@@ -41,7 +41,7 @@ import torch
 
 from harness.config import Config, ConfigError, option
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-from tasks.metrics.class_detection import _LabelledTensors
+from tasks.metrics._quanda import LabelledTensors
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class ShortcutDetection(Metric):
 
         metric = ShortcutDetectionMetric(
             model=ctx.model,
-            train_dataset=_LabelledTensors(train.x, train.y),
+            train_dataset=LabelledTensors(train.x, train.y),
             shortcut_indices=shortcut_indices,
             shortcut_cls=shortcut,
             filter_by_non_shortcut=False,

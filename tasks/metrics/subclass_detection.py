@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.config import Config, ConfigError, option
+from harness.config import Config, option, require_positive_int
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-from tasks.metrics.class_detection import _LabelledTensors
+from tasks.metrics._quanda import LabelledTensors
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -56,8 +56,7 @@ class SubclassDetectionConfig(Config):
     top_k: int = option(5, "number of top-attributed training points compared with the fine label")
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}")
+        require_positive_int(self.top_k, "top_k")
 
 
 def _fine_labels(split: Split, variant: str) -> Tensor:
@@ -134,7 +133,7 @@ class SubclassDetection(Metric):
         test_fine = _fine_labels(ctx.data.test, ctx.data.variant)
 
         top_k: int = self.config.top_k  # type: ignore[attr-defined]
-        train = _LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
         metric = SubclassDetectionMetric(
             model=ctx.model, train_dataset=train, train_subclass_labels=train_fine, s=top_k
         )

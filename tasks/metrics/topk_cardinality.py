@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.config import Config, ConfigError, option
+from harness.config import Config, option, require_positive_int
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-from tasks.metrics.class_detection import _LabelledTensors
+from tasks.metrics._quanda import LabelledTensors
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ class TopKCardinalityConfig(Config):
     top_k: int = option(5, "number of top-attributed training points taken from each test point")
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}")
+        require_positive_int(self.top_k, "top_k")
 
 
 class TopKCardinality(Metric):
@@ -98,7 +97,7 @@ class TopKCardinality(Metric):
 
         k = min(self.config.top_k, n_train)  # type: ignore[attr-defined]
         metric = TopKCardinalityMetric(
-            model=ctx.model, train_dataset=_LabelledTensors(ctx.data.train.x, ctx.data.train.y), top_k=k
+            model=ctx.model, train_dataset=LabelledTensors(ctx.data.train.x, ctx.data.train.y), top_k=k
         )
         metric.update(explanations=explanations.detach())
         value = float(metric.compute()["score"])
