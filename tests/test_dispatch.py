@@ -116,7 +116,6 @@ def test_slurm_executor_records_equal_inline(inline_records, tmp_path: Path) -> 
     assert _records(tmp_path) == inline_records
     logs = list((tmp_path / "jobs").rglob("*_log.out"))
     assert logs, "submitit wrote no job logs"
-    assert any("SLURM" in p.read_text() or p.stat().st_size >= 0 for p in logs)
 
 
 def test_failed_run_is_recorded_and_retry_failed_reruns_only_it(tmp_path: Path) -> None:
