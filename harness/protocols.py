@@ -167,6 +167,9 @@ class Method(ABC):
     attributions go through and how self-influence is defined; both land in every record.
 
     The harness times :meth:`fit`, :meth:`explain` and :meth:`self_influence`; methods do not.
+    Before the timed fit it calls :meth:`warm_up` once and records that time apart
+    (``timings.warmup_s``): one-off process costs (compiling kernels, importing a library) are not
+    a method's cost.
     """
 
     Config: ClassVar[type[Config]] = Config
@@ -188,6 +191,26 @@ class Method(ABC):
             )
         self.config = config
         self._fitted = False
+
+    def warm_up(self, device: torch.device) -> None:
+        """Pay this process' one-off costs before the timed fit (default: nothing).
+
+        Called by the harness once per run, before :meth:`fit`, and timed apart from it. A method
+        compiles its kernels here on a tiny problem of its own (DualDA's numba solver) or imports
+        the library it wraps; it must not touch the run's model or data, so nothing it does can be
+        a cached result of the fit. ``device`` is where the fit will run.
+        """
+        return None
+
+    def preferred_batch_size(self) -> int | None:
+        """Test points per :meth:`explain` call that the method's settings prescribe, or None.
+
+        None (the default) lets the harness choose (its ``--batch-size``). Methods whose cost is
+        amortised over a batch (LiSSA's recursion, EK-FAC's pass over the training gradients)
+        return the paper's explain batch from their config: the batch is part of what the speedup
+        table measures, and the record states it.
+        """
+        return None
 
     @abstractmethod
     def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:

@@ -7,13 +7,18 @@ Schema (``SCHEMA_VERSION`` 1); every key is always present, ``None`` where it do
     created_utc     str   ISO 8601
     status          "ok" | "failed"
     error           None | {"type", "message", "traceback"}
-    method          {"name", "version", "config", "config_hash", "label", "supports"}
+    method          {"name", "version", "config", "config_hash", "label", "supports",
+                     "attributes_through", "self_influence_definition" (read after the fit: a method
+                     may learn them while fitting, e.g. the modules EK-FAC tracked)}
     task            {"name", "version", "variant", "config", "config_hash", "seed",
                      "n_train", "n_test", "num_classes", "model": {"key", "cached", "test_accuracy"}}
     metrics         {name: {"value", "direction", "version", "config", "details", "status", "error"}}
-    timings         {"model_s", "fit": {"cold_s", "warm_s"}, "explain": {per-point stats, "n_points",
-                     "batch_size", "warmup", "total_s"}, "self_influence_s" (None unless the method
-                     has self-influence and a metric reads it), "metrics_s": {name: s}}
+    timings         {"model_s", "warmup_s" (the method's one-off process costs, paid before the
+                     timed fit and never counted in it), "fit": {"cold_s", "warm_s"}, "explain":
+                     {per-point stats, "n_points", "batch_size", "batch_source" ("method": its
+                     prescribed explain batch; "harness"), "warmup", "total_s"}, "self_influence_s"
+                     (None unless the method has self-influence and a metric reads it),
+                     "metrics_s": {name: s}}
     memory          {"fit", "explain", "self_influence": peak-memory readings in MiB}
     sparsity        {"exact_zero_share", "l0_eps", "hoyer"} of the explanation matrix (None when malformed)
     explanation_error  None, or why the explanation matrix is unusable (wrong shape, NaN); every

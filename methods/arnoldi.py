@@ -148,6 +148,10 @@ class ArnoldiIF(Method):
         self._projection: _Projection | None = None  # captum's R as (P, k), for embeddings="func"
 
     # ----- lifecycle --------------------------------------------------------------------------
+    def warm_up(self, device: torch.device) -> None:
+        """Import captum's influence module (seconds on the first import: not the method's cost)."""
+        import captum.influence._core.arnoldi_influence_function  # noqa: F401
+
     def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
         """Arnoldi iteration and training embeddings (both cached by content hash).
 

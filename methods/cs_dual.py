@@ -197,6 +197,18 @@ def solve_cs_dual(
     )
 
 
+def compile_kernels() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel the solver runs, for float32 and
+    float64 features, by solving a tiny fixed problem: the one-off cost of the first solve in a
+    process, paid outside any timed fit (:meth:`methods.dualda.DualDA.warm_up`)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(12, dtype=np.int64) % 3
+    x = rng.normal(size=(12, 4)) + y[:, None]
+    for dtype in (np.float32, np.float64):
+        for shrinking in (True, False):
+            solve_cs_dual(x.astype(dtype), y, C=1.0, num_classes=3, shrinking=shrinking, max_iter=50)
+
+
 def _validated(
     x: np.ndarray,
     y: np.ndarray,

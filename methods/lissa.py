@@ -85,8 +85,14 @@ class LiSSAConfig(Config):
     self_influence_chunk: int = option(
         4096, "training points whose self-influence recursions run together (bounds memory, not values)"
     )
+    explain_batch: int = option(
+        5,
+        "test points per explain() call (paper: 5); each call runs the whole recursion once for its batch, "
+        "so the batch is part of the measured cost (outputs do not depend on it)",
+    )
 
     def __post_init__(self) -> None:
+        require_positive_int(self.explain_batch, "explain_batch")
         require_positive_int(self.depth, "depth")
         require_positive_int(self.repeats, "repeats")
         require_positive_int(self.hvp_batch_size, "hvp_batch_size")
@@ -236,6 +242,10 @@ class LiSSA(Method):
         return torch.cat(parts) if parts else phi.new_zeros(0, theta.numel())
 
     # ----- explanations -----------------------------------------------------------------------
+    def preferred_batch_size(self) -> int:
+        """The paper's explain batch (5): one recursion of ``depth x repeats`` HVPs per call."""
+        return self.config.explain_batch
+
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:
         """``(n_test, N)`` float32 attributions ``g(x, c)^T (H + scale*damping I)^{-1} g_i / N``.
 

@@ -198,3 +198,15 @@ def test_support_vectors_are_a_minority_at_large_c() -> None:
 def test_bad_input_is_a_clear_error(x, y, kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         solve_cs_dual(x, y, **kwargs)
+
+
+def test_compile_kernels_compiles_the_solver_for_both_feature_dtypes() -> None:
+    """DualDA's warm-up: after it, the solver's kernels exist for float32 and float64 features, so
+    the first real solve in a process compiles nothing inside the timed fit."""
+    from methods import cs_dual
+
+    cs_dual.compile_kernels()
+    dtypes = {str(signature[0].dtype) for signature in cs_dual._sdm.signatures}
+    assert {"float32", "float64"} <= dtypes
+    checked = {str(signature[0].dtype) for signature in cs_dual._max_violation.signatures}
+    assert {"float32", "float64"} <= checked

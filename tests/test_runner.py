@@ -294,3 +294,64 @@ def test_explain_limit_is_stated_and_extrapolated(tmp_path: Path) -> None:
     assert full["timings"]["explain"]["extrapolated"] is False
     with pytest.raises(Exception, match="explain_limit must be a positive"):
         TimingConfig(explain_limit=0)
+
+
+# ----- what the runner times and records around the fit ---------------------------------------
+class _Probe:
+    """Calls seen by :func:`_probe_method` instances (class-level: the runner builds fresh instances)."""
+
+    calls: list[str] = []
+    batches: list[int] = []
+
+
+def _probe_method():
+    from methods.random_baseline import RandomAttribution
+
+    class Probe(RandomAttribution):
+        """The random baseline plus a slow warm-up, a prescribed explain batch and a fact learnt in fit."""
+
+        attributes_through = "none (class value)"
+
+        def warm_up(self, device):  # noqa: ANN001
+            _Probe.calls.append("warm_up")
+            time.sleep(0.4)
+
+        def preferred_batch_size(self) -> int:
+            return 5
+
+        def fit(self, model, train, *, cache):  # noqa: ANN001
+            _Probe.calls.append("fit")
+            super().fit(model, train, cache=cache)
+            self.attributes_through = "learnt during fit"
+
+        def explain(self, x, targets):  # noqa: ANN001
+            _Probe.batches.append(int(x.shape[0]))
+            return super().explain(x, targets)
+
+    return Probe
+
+
+def test_warm_up_runs_before_the_timed_fit_and_is_recorded_apart(tmp_path: Path, monkeypatch) -> None:
+    METHODS.names()  # import the catalogue first, so the undo below leaves it whole
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    METHODS.add("probe_test_method", _probe_method(), "random with a slow warm-up, for a test")
+    _Probe.calls, _Probe.batches = [], []
+    record = run_one(_spec(tmp_path, "probe_test_method"))
+    assert record["status"] == "ok", record["error"]
+    assert _Probe.calls[:2] == ["warm_up", "fit"]  # once, before the first (timed) fit
+    assert _Probe.calls.count("warm_up") == 1
+    timings = record["timings"]
+    assert timings["warmup_s"] >= 0.4  # the sleep is the warm-up's ...
+    assert timings["fit"]["cold_s"] < 0.4  # ... and not the fit's
+    # The method's own explain batch, not the harness' 8; the record says whose it is.
+    assert timings["explain"]["batch_size"] == 5 and timings["explain"]["batch_source"] == "method"
+    assert max(_Probe.batches) == 5
+    # A fact learnt during fit replaces the class value the record copied before it.
+    assert record["method"]["attributes_through"] == "learnt during fit"
+
+
+def test_methods_without_a_batch_preference_use_the_harness_batch(tmp_path: Path) -> None:
+    record = run_one(_spec(tmp_path, "random"))
+    assert record["timings"]["explain"]["batch_size"] == 8
+    assert record["timings"]["explain"]["batch_source"] == "harness"
+    assert record["timings"]["warmup_s"] >= 0
