@@ -65,6 +65,16 @@ def test_corrupt_edge_probabilities_and_meta() -> None:
         V.corrupt_labels(torch.zeros(3, dtype=torch.long), 1)
 
 
+def test_corrupt_rate_is_an_option_of_the_variant() -> None:
+    """The paper flips 30%; its reference code's index files flip 4.8% (CIFAR-10) and 2.0% (AwA2)."""
+    train, val, test = _splits(n=4000, k=10)
+    c_train, _, _ = V.apply_variant("corrupt", train, val, test, num_classes=10, corrupt_rate=0.048)
+    share = c_train.meta["flipped"].double().mean().item()
+    assert abs(share - 0.048) < 0.015  # std of the share at n = 4,000: 0.0034
+    default, _, _ = V.apply_variant("corrupt", train, val, test, num_classes=10)
+    assert abs(default.meta["flipped"].double().mean().item() - 0.3) < 0.03
+
+
 # ----- mark ------------------------------------------------------------------------------------
 def test_watermark_mask_is_centre_square_plus_frame() -> None:
     mask = V.watermark_mask(10, 10)
