@@ -15,7 +15,8 @@ Schema (``SCHEMA_VERSION`` 1); every key is always present, ``None`` where it do
     metrics         {name: {"value", "direction", "version", "config", "details", "status", "error"}}
     timings         {"model_s", "warmup_s" (the method's one-off process costs, paid before the
                      timed fit and never counted in it), "fit": {"cold_s", "warm_s"}, "explain":
-                     {per-point stats, "n_points", "batch_size", "batch_source" ("method": its
+                     {per-point stats, "n_points", "timed_points" (repeats after the first pass
+                     time the first timed_points points), "batch_size", "batch_source" ("method": its
                      prescribed explain batch; "harness"), "warmup", "total_s"}, "self_influence_s"
                      (None unless the method has self-influence and a metric reads it),
                      "metrics_s": {name: s}}

@@ -355,3 +355,19 @@ def test_methods_without_a_batch_preference_use_the_harness_batch(tmp_path: Path
     assert record["timings"]["explain"]["batch_size"] == 8
     assert record["timings"]["explain"]["batch_source"] == "harness"
     assert record["timings"]["warmup_s"] >= 0
+
+
+def test_repeats_after_the_first_pass_time_a_subset(tmp_path: Path, monkeypatch) -> None:
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    METHODS.add("probe_test_method", _probe_method(), "random with a slow warm-up, for a test")
+    _Probe.calls, _Probe.batches = [], []
+    spec = _spec(tmp_path, "probe_test_method")
+    spec = RunSpec(**{**spec.__dict__, "timing": TimingConfig(repeats=3, batch_size=8, timed_points=7)})
+    record = run_one(spec)
+    assert record["status"] == "ok", record["error"]
+    explain = record["timings"]["explain"]
+    assert explain["timed_points"] == 7 and len(explain["per_point_all_s"]) == 3
+    # warm-up call, one full pass over the 24 test points (the explanations), two passes over 7
+    assert _Probe.batches == [5] + [5, 5, 5, 5, 4] + [5, 2] * 2
+    assert record["metrics"]["class_detection"]["status"] == "ok"  # computed on all 24 points
