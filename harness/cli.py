@@ -50,6 +50,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=None, help="timed passes over the test points (default 3)"
     )
     parser.add_argument(
+        "--timed-points",
+        type=int,
+        default=None,
+        metavar="N",
+        help="repeats after the first pass over all test points time only the first N (default: all)",
+    )
+    parser.add_argument(
         "--explain-limit",
         type=int,
         default=None,
@@ -365,6 +372,10 @@ def _timing_overrides(args: argparse.Namespace) -> dict[str, int]:
         if args.repeats < 1:
             raise ConfigError("--repeats must be at least 1")
         overrides["repeats"] = args.repeats
+    if args.timed_points is not None:
+        if args.timed_points < 1:
+            raise ConfigError("--timed-points must be a positive number of test points")
+        overrides["timed_points"] = args.timed_points
     if args.explain_limit is not None:
         if args.explain_limit < 1:
             raise ConfigError("--explain-limit must be a positive number of test points")
