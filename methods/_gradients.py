@@ -255,6 +255,33 @@ def per_sample_gradients(
     return torch.cat(parts)
 
 
+def make_projector(params: dict[str, Tensor], options: ProjectedGradientOptions) -> GaussianProjector | None:
+    """The projector of ``options`` for gradients over ``params``, on their device and dtype.
+
+    GradDot, GradCos and TracIn all build theirs here, so the same options give the same matrix
+    (the basis of TracIn's last block equalling GradDot's training gradients); ``None`` when
+    ``options.projection`` is ``None`` (exact gradients).
+    """
+    if not options.projection:
+        return None
+    first = next(iter(params.values()))
+    n_params = sum(p.numel() for p in params.values())
+    return GaussianProjector(
+        n_params,
+        options.projection,
+        seed=options.seed,
+        device=first.device,
+        dtype=first.dtype,
+        memory_mb=options.projection_memory_mb,
+    )
+
+
+def unit_rows(v: Tensor) -> Tensor:
+    """Rows of ``v`` ``(n, d)`` divided by their norms (a zero row stays zero)."""
+    norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    return v / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
 def check_classes(classes: Tensor, n: int, num_classes: int, what: str, method: str) -> None:
     """Raise :class:`DataError` unless ``classes`` is ``(n,)`` with values in ``0..num_classes-1``."""
     if classes.reshape(-1).shape[0] != n:

@@ -4,37 +4,48 @@ Papers: Charpiat, Girard, Felardos, Tarabalka, "Input Similarity from the Neural
 Perspective" (NeurIPS 2019), the gradient-similarity baselines; settings from Yolcu, Weckbecker,
 Wiegand, Samek, Lapuschkin, "DualXDA: Towards Sparse, Efficient and Explainable Data Attribution in
 Large AI Models" (arXiv 2402.12118, TMLR 2025), facts in ../shared/reference/dualxda-paper.md: "best
-checkpoint, same 128-dim projection [as TracIn]; test gradient of the predicted logit; GradCos
-divides by norms". Notation, paper -> code:
+checkpoint, same 128-dim projection [as TracIn]; TRAINING gradients are the CE-loss gradients at the
+training label (shared with TracIn's cache); the TEST gradient is that of the predicted logit,
+unit-normalised; GradCos also divides by the training-gradient norms". Notation, paper -> code:
 
 - ``theta``: ALL parameters of the model AS GIVEN (the harness hands over the final model, which is
-  the benchmark's "best checkpoint"; the training checkpoints are not used);
-- ``g_test(x, c)``: gradient of the test objective at test input ``x`` and target ``c`` (the
-  model's predicted class): ``test_gradient="logit"``: ``d f_c(x) / d theta`` (the paper's choice);
-  ``"loss"``: ``d CE(f(x), c) / d theta`` (TracIn's);
-- ``g_train(x_i, y_i)``: the same for training point ``i`` and the label it was trained on
-  (``train.y``): ``train_gradient="logit"``: ``d f_{y_i}(x_i) / d theta``; ``"loss"``:
-  ``d CE(f(x_i), y_i) / d theta``. The paper's table names only the test side; its authors'
-  reference code (GradDotExplainer, ``loss=False``) takes the logit on BOTH sides, so
-  :meth:`GradDotConfig.paper` does too;
+  the benchmark's "best checkpoint" and TracIn's last checkpoint; the other checkpoints are unused);
+- ``g_train(x_i, y_i)``: gradient of the training objective at training point ``i`` and the label
+  it was trained on (``train.y``): ``train_gradient="loss"`` (the paper's):
+  ``d CE(f(x_i), y_i) / d theta``, the very vector TracIn takes at its final checkpoint (the
+  authors' code reads it from TracIn's cache; here both methods compute it with the same function,
+  projector and batching, but each keeps its own cache entry, so each method's cold fit is its own
+  cost); ``"logit"``: ``d f_{y_i}(x_i) / d theta``;
+- ``g_test(x, c)``: the same for test input ``x`` and target ``c`` (the model's predicted class):
+  ``test_gradient="logit"`` (the paper's): ``d f_c(x) / d theta``; ``"loss"``:
+  ``d CE(f(x), c) / d theta``;
 - ``R``: the Gaussian projection ``(P, proj_dim)`` of :mod:`methods._gradients` (``N(0, 1/d)``
   entries, seed ``seed``); ``proj_dim=None`` (or 0) means ``R = I`` (exact gradients);
-- GradDot: ``a_i(x) = s <R^T g_test(x, c), R^T g_train(x_i, y_i)>``;
+- ``u(x) = R^T g_test(x, c) / ||R^T g_test(x, c)||`` with ``normalise_test=True`` (the paper's, as
+  the authors' code does by default), else ``R^T g_test(x, c)``. The norm is one number per test
+  point: it keeps each test point's ranking but sets the scale ACROSS test points, which matters
+  for metrics that add scores over test points (coreset selection sums ``|a_i(x)|``);
+- GradDot: ``a_i(x) = s <u(x), R^T g_train(x_i, y_i)>``;
 - GradCos: ``a_i(x) = s <R^T g_test, R^T g_train> / (||R^T g_test|| ||R^T g_train||)`` (0 where a
-  gradient vanishes);
+  gradient vanishes; ``normalise_test`` changes nothing here);
 - the sign ``s`` is ``+1`` when both sides use the same kind of gradient and ``-1`` when one is a
-  loss and the other a logit gradient: a gradient step on ``CE(x_i, y_i)`` moves ``theta`` along
-  ``-g_train``, which RAISES the logit where ``<g_logit, g_loss> < 0``, so the sign keeps positive
-  scores for proponents in every combination (TracIn's convention);
-- self-influence (GradDot only): ``||R^T g_train(x_i, y_i)||^2``, the self-attribution (the
-  reference code ranks by the norm itself: the same order). GradCos' self-attribution is the
-  constant 1, so GradCos declares none.
+  loss and the other a logit gradient (so ``-1`` in the paper's setting). A gradient step on
+  ``CE(x_i, y_i)`` moves ``theta`` along ``-g_loss(x_i, y_i)``, which to first order RAISES the test
+  logit by ``-eta <g_logit(x, c), g_loss(x_i, y_i)>`` and LOWERS the test loss by
+  ``eta <g_loss(x, c), g_loss(x_i, y_i)>``: with ``s`` positive scores are proponents in every
+  combination (TracIn's convention). The authors' code returns the unsigned product, i.e. ours
+  times ``-1`` in the paper's setting;
+- self-influence (GradDot only): ``||R^T g_train(x_i, y_i)||^2``, the squared norm of the projected
+  training loss gradient (the authors' code ranks by the norm itself: the same order). A point whose
+  label the model contradicts has a large loss gradient, so wrong labels rank high; with
+  ``train_gradient="logit"`` the norm does not see whether the label is right. GradCos'
+  self-attribution is the constant 1, so GradCos declares none.
 
 Cost. ``fit`` = one per-sample gradient pass over the training set (``torch.func`` vmap, batches of
 ``batch_size``), each batch projected at once; the projected gradients ``(N, proj_dim)`` are
-cached by content hash (model weights, training data, proj_dim, seed, train_gradient, batch size,
-device type of the projection generator). ``explain`` = one gradient pass over the test points and
-one ``(n_test, d) x (d, N)`` matmul.
+cached by content hash (method name, model weights, training data, proj_dim, seed, train_gradient,
+batch size, device type of the projection generator). ``explain`` = one gradient pass over the test
+points and one ``(n_test, d) x (d, N)`` matmul.
 """
 
 from __future__ import annotations
@@ -56,10 +67,12 @@ from methods._gradients import (
     GradientKind,
     ProjectedGradientOptions,
     check_classes,
+    make_projector,
     model_device,
     model_state,
     num_outputs,
     per_sample_gradients,
+    unit_rows,
 )
 
 if TYPE_CHECKING:
@@ -78,23 +91,34 @@ class GradDotConfig(ProjectedGradientOptions):
         "logit", "test-side gradient: logit = d f_c(x)/d theta (paper), loss = d CE(f(x), c)/d theta"
     )
     train_gradient: GradientKind = option(
-        "logit",
-        "train-side gradient: logit = d f_{y_i}(x_i)/d theta (the authors' code), loss = d CE/d theta",
+        "loss",
+        "train-side gradient: loss = d CE(f(x_i), y_i)/d theta (paper; TracIn's at the final checkpoint), "
+        "logit = d f_{y_i}(x_i)/d theta",
+    )
+    normalise_test: bool = option(
+        True,
+        "divide each projected test gradient by its norm (paper: True): keeps each test point's ranking, "
+        "sets the scale across test points",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("test_gradient", "train_gradient"):
+        defaults = {"test_gradient": "logit", "train_gradient": "loss"}
+        for key, paper in defaults.items():
             if getattr(self, key) not in GRADIENT_KINDS:
                 raise ConfigError(
-                    f"{key} must be one of {list(GRADIENT_KINDS)} (paper: 'logit'), "
+                    f"{key} must be one of {list(GRADIENT_KINDS)} (paper: {paper!r}), "
                     f"got {getattr(self, key)!r}"
                 )
+        if not isinstance(self.normalise_test, bool):
+            raise ConfigError(
+                f"normalise_test must be True or False (paper: True), got {self.normalise_test!r}"
+            )
 
     @classmethod
     def paper(cls) -> GradDotConfig:
-        """The paper's settings: 128-dim projection, predicted-logit test gradient (logit train side)."""
-        return cls(proj_dim=PAPER_PROJ_DIM, test_gradient="logit", train_gradient="logit")
+        """The paper's settings: 128-dim projection, CE-loss train and unit predicted-logit test gradients."""
+        return cls(proj_dim=PAPER_PROJ_DIM, test_gradient="logit", train_gradient="loss", normalise_test=True)
 
     @classmethod
     def quick(cls) -> GradDotConfig:
@@ -111,12 +135,20 @@ class GradDot(Method):
     """GradDot: inner products of (projected) per-sample gradients at the final model."""
 
     Config = GradDotConfig
-    version = "1"
+    version = "2"
     supports = frozenset({"self_influence", "cache"})
-    attributes_through = "all parameters (per-sample gradients, random projection)"
-    self_influence_definition = "||R^T g_train(x_i, y_i)||^2 (the self-attribution)"
+    attributes_through = (  # the paper's settings; fit sets the string for the config in use
+        "all parameters of the final model (per-sample train CE-loss and unit test logit gradients, "
+        "random projection to 128)"
+    )
+    self_influence_definition = (
+        "||R^T g_train(x_i, y_i)||^2, the squared norm of the projected training CE-loss gradient "
+        "(the reference ranks by the norm: same order)"
+    )
     #: Divide by both gradient norms (GradCos).
     normalise = False
+    #: Names the cache entries: GradDot and GradCos keep their own (each cold fit is its own cost).
+    cache_name = "graddot"
 
     config: GradDotConfig
 
@@ -159,9 +191,9 @@ class GradDot(Method):
         self.num_classes_ = num_outputs(model, train.x)
         check_classes(train.y, len(train), self.num_classes_, "training labels", name)
         self._params, self._buffers = model_state(model)
-        self._projector = _projector(self._params, cfg.projection, cfg.seed, cfg.projection_memory_mb)
+        self._projector = make_projector(self._params, cfg)
         key = {
-            "method": "graddot",  # GradDot and GradCos share the training gradients
+            "method": self.cache_name,  # never TracIn's entry, even where the gradients are equal
             "version": self.version,
             "train": train.fingerprint(),
             "model": model_fingerprint(model),
@@ -192,6 +224,7 @@ class GradDot(Method):
         dtype = next(iter(self._params.values())).dtype
         self.train_grads_ = artefact.tensors["grads"].to(device=device, dtype=dtype).clone()
         self.train_sq_norms_ = (self.train_grads_ * self.train_grads_).sum(dim=1)
+        self.attributes_through = _through(cfg, cosine=self.normalise)
         self._model = model
         self._fitted = True
 
@@ -227,9 +260,10 @@ class GradDot(Method):
             desc="test gradients",
         )  # (n_test, d)
         train = self.train_grads_
+        if self.normalise or cfg.normalise_test:
+            test = unit_rows(test)
         if self.normalise:
-            test = _unit_rows(test)
-            train = _unit_rows(train)
+            train = unit_rows(train)
         scores = test @ train.T
         if cfg.test_gradient != cfg.train_gradient:
             scores = -scores
@@ -248,6 +282,7 @@ class GradDot(Method):
             "proj_dim": self.config.projection,
             "test_gradient": self.config.test_gradient,
             "train_gradient": self.config.train_gradient,
+            "normalise_test": self.config.normalise_test,
         }
         if self._params is not None:
             info["n_params"] = sum(p.numel() for p in self._params.values())
@@ -261,25 +296,24 @@ class GradCos(GradDot):
 
     Config = GradCosConfig
     supports = frozenset({"cache"})
+    attributes_through = (
+        "all parameters of the final model (cosine of per-sample train CE-loss and test logit gradients, "
+        "random projection to 128)"
+    )
     self_influence_definition = ""
     normalise = True
+    cache_name = "gradcos"
 
     config: GradCosConfig
 
 
-def _unit_rows(v: Tensor) -> Tensor:
-    """Rows of ``v`` ``(n, d)`` divided by their norms (a zero row stays zero)."""
-    norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
-    return v / torch.where(norms > 0, norms, torch.ones_like(norms))
-
-
-def _projector(
-    params: dict[str, Tensor], proj_dim: int | None, seed: int, memory_mb: float
-) -> GaussianProjector | None:
-    if not proj_dim:
-        return None
-    first = next(iter(params.values()))
-    n_params = sum(p.numel() for p in params.values())
-    return GaussianProjector(
-        n_params, proj_dim, seed=seed, device=first.device, dtype=first.dtype, memory_mb=memory_mb
+def _through(cfg: GradDotConfig, *, cosine: bool) -> str:
+    """``attributes_through`` for the gradients ``cfg`` actually takes (known in full at fit)."""
+    kinds = {"loss": "CE-loss", "logit": "logit"}
+    test = f"{'unit ' if cfg.normalise_test and not cosine else ''}test {kinds[cfg.test_gradient]}"
+    projection = f"random projection to {cfg.projection}" if cfg.projection else "exact, no projection"
+    what = "cosine of per-sample" if cosine else "per-sample"
+    return (
+        f"all parameters of the final model ({what} train {kinds[cfg.train_gradient]} and {test} "
+        f"gradients, {projection})"
     )

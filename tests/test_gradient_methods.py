@@ -21,7 +21,7 @@ from harness.protocols import CHECKPOINTS_ATTR, CapabilityError, Checkpoint, Dat
 from methods import _gradients
 from methods._gradients import GaussianProjector
 from methods.graddot import GradCos, GradCosConfig, GradDot, GradDotConfig
-from methods.tracin import TracIn, TracInConfig
+from methods.tracin import TracIn, TracInConfig, select_checkpoints
 
 EXACT = {"proj_dim": None}
 
@@ -85,7 +85,9 @@ def test_tracin_one_checkpoint_lr1_equals_graddot(toy64, tmp_path):
     one = _with_checkpoints(model, [Checkpoint(epoch=1, lr=1.0, state=state)])
     for proj_dim in (None, 16):
         tracin = _fit(TracIn(TracInConfig(proj_dim=proj_dim)), one, train, tmp_path / f"t{proj_dim}")
-        dot_cfg = GradDotConfig(proj_dim=proj_dim, test_gradient="loss", train_gradient="loss")
+        dot_cfg = GradDotConfig(
+            proj_dim=proj_dim, test_gradient="loss", train_gradient="loss", normalise_test=False
+        )
         dot = _fit(GradDot(dot_cfg), one, train, tmp_path / f"d{proj_dim}")
         a, b = tracin.explain(x, targets), dot.explain(x, targets)
         assert a.shape == (len(x), len(train)) and a.dtype == torch.float32
@@ -95,24 +97,106 @@ def test_tracin_one_checkpoint_lr1_equals_graddot(toy64, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("test_gradient", "train_gradient", "sign"),
-    [("loss", "loss", 1.0), ("logit", "logit", 1.0), ("logit", "loss", -1.0)],
+    ("test_gradient", "train_gradient", "normalise_test", "sign"),
+    [
+        ("loss", "loss", False, 1.0),
+        ("logit", "logit", False, 1.0),
+        ("logit", "loss", False, -1.0),
+        ("logit", "loss", True, -1.0),  # the paper's setting
+        ("loss", "logit", True, -1.0),
+    ],
 )
-def test_graddot_exact_equals_per_sample_autograd(toy64, tmp_path, test_gradient, train_gradient, sign):
+def test_graddot_exact_equals_per_sample_autograd(
+    toy64, tmp_path, test_gradient, train_gradient, normalise_test, sign
+):
     model, train, x, targets = toy64
-    cfg = GradDotConfig(proj_dim=None, test_gradient=test_gradient, train_gradient=train_gradient)
+    cfg = GradDotConfig(
+        proj_dim=None,
+        test_gradient=test_gradient,
+        train_gradient=train_gradient,
+        normalise_test=normalise_test,
+    )
     method = _fit(GradDot(cfg), model, train, tmp_path)
     g_test = _reference_grads(model, x, targets, test_gradient)
     g_train = _reference_grads(model, train.x, train.y, train_gradient)
     assert g_train.shape == (len(train), sum(p.numel() for p in model.parameters()))
+    if normalise_test:
+        g_test = g_test / torch.linalg.vector_norm(g_test, dim=1, keepdim=True)
     _assert_close(method.explain(x, targets), sign * g_test @ g_train.T)
     _assert_close(method.self_influence(), (g_train * g_train).sum(dim=1))
+
+
+def test_graddot_paper_preset_is_loss_train_unit_logit_test(toy64, tmp_path):
+    """paper(): CE-loss training gradients, unit predicted-logit test gradients, sign -1 (proponents > 0)."""
+    model, train, x, targets = toy64
+    cfg = GradDotConfig.paper()
+    assert (cfg.train_gradient, cfg.test_gradient, cfg.normalise_test, cfg.projection) == (
+        "loss",
+        "logit",
+        True,
+        128,
+    )
+    assert GradDotConfig() == cfg and GradCosConfig.paper().train_gradient == "loss"
+    method = _fit(GradDot(replace(cfg, proj_dim=None)), model, train, tmp_path)
+    g_test = _reference_grads(model, x, targets, "logit")
+    g_train = _reference_grads(model, train.x, train.y, "loss")
+    unit = g_test / torch.linalg.vector_norm(g_test, dim=1, keepdim=True)
+    _assert_close(method.explain(x, targets), -unit @ g_train.T)
+    _assert_close(method.self_influence(), (g_train * g_train).sum(dim=1))
+    assert "CE-loss" in method.attributes_through and "exact" in method.attributes_through
+
+
+def test_graddot_normalise_test_rescales_each_test_point_only(toy64, tmp_path):
+    model, train, x, targets = toy64
+    fields = {"proj_dim": 16, "seed": 2}
+    unit = _fit(GradDot(GradDotConfig(**fields)), model, train, tmp_path / "unit")
+    raw = _fit(GradDot(GradDotConfig(**fields, normalise_test=False)), model, train, tmp_path / "raw")
+    a, b = unit.explain(x, targets).double(), raw.explain(x, targets).double()
+    ratio = b / a  # one factor per test point: ||R^T g_test(x, c)||
+    factor = ratio[:, :1]
+    _assert_close(ratio, factor.expand_as(ratio), rel=1e-4)
+    # a positive factor per row keeps each test point's ranking; it differs across test points
+    assert float(factor.min()) > 0 and float(factor.max() / factor.min()) > 1.05
+
+
+def test_graddot_self_influence_sees_wrong_labels(toy_setup, tmp_path):
+    """Loss gradients at the training label grow where the model contradicts the label: wrong labels rank
+    high. The old logit-gradient setting ranked them no better than chance (mislabel detection 0.22)."""
+    _, data, model = toy_setup
+    train = data.train
+    generator = torch.Generator().manual_seed(0)
+    flipped = torch.randperm(len(train), generator=generator)[: len(train) // 5]
+    n_classes = int(train.y.max()) + 1
+    y = train.y.clone()
+    y[flipped] = (
+        y[flipped] + 1 + torch.randint(n_classes - 1, (len(flipped),), generator=generator)
+    ) % n_classes
+    corrupt = Split("train", train.x, y)
+    is_flipped = torch.zeros(len(train), dtype=torch.bool)
+    is_flipped[flipped] = True
+
+    def auc(scores: torch.Tensor) -> float:
+        """Probability that a flipped point outranks a clean one."""
+        pos, neg = scores[is_flipped].double(), scores[~is_flipped].double()
+        return float((pos[:, None] > neg[None, :]).double().mean())
+
+    paper = _fit(GradDot(GradDotConfig.paper()), model, corrupt, tmp_path / "paper")
+    old = GradDotConfig(train_gradient="logit", normalise_test=False)
+    logit = _fit(GradDot(old), model, corrupt, tmp_path / "logit")
+    assert auc(paper.self_influence()) > 0.9
+    assert auc(logit.self_influence()) < 0.75
 
 
 def test_gradcos_is_graddot_with_unit_gradients(toy64, tmp_path):
     model, train, x, targets = toy64
     for kind in ("logit", "loss"):
-        fields = {"proj_dim": 32, "seed": 3, "test_gradient": kind, "train_gradient": kind}
+        fields = {
+            "proj_dim": 32,
+            "seed": 3,
+            "test_gradient": kind,
+            "train_gradient": kind,
+            "normalise_test": False,
+        }
         dot = _fit(GradDot(GradDotConfig(**fields)), model, train, tmp_path / f"dot-{kind}")
         cos = _fit(GradCos(GradCosConfig(**fields)), model, train, tmp_path / f"cos-{kind}")
         # ||R^T g_test||^2: GradDot's self-influence on the test points labelled with their targets
@@ -145,10 +229,12 @@ def test_tracin_two_checkpoints_is_lr_weighted_sum_of_graddots(toy64, tmp_path):
     expected = torch.zeros(len(x), len(train), dtype=torch.float64)
     expected_si = torch.zeros(len(train), dtype=torch.float64)
     for i, (lr, ck) in enumerate(zip(lrs, (early, late), strict=True)):
-        cfg = GradDotConfig(proj_dim=24, seed=5, test_gradient="loss", train_gradient="loss")
+        cfg = GradDotConfig(
+            proj_dim=24, seed=5, test_gradient="loss", train_gradient="loss", normalise_test=False
+        )
         dot = _fit(GradDot(cfg), _at_state(model, ck.state), train, tmp_path / f"dot{i}")
-        expected += lr * dot.explain(x, targets).double()
-        expected_si += lr * dot.self_influence().double()
+        expected += lr / 2 * dot.explain(x, targets).double()  # the mean over the 2 checkpoints
+        expected_si += lr / 2 * dot.self_influence().double()
     _assert_close(tracin.explain(x, targets), expected, rel=1e-5)
     _assert_close(tracin.self_influence(), expected_si, rel=1e-5)
     # the checkpoints differ, so the weighting matters: equal weights give another answer
@@ -171,10 +257,82 @@ def test_tracin_uses_every_saved_checkpoint(toy_setup, tmp_path):
     assert (method.self_influence() > 0).all()
 
 
+def test_tracin_averages_over_checkpoints(toy64, tmp_path):
+    """The reference divides the learning-rate-weighted sum by the number of checkpoints: the same
+    checkpoint twice gives the scores of that checkpoint once (the old sum gave twice as much)."""
+    model, train, x, targets = toy64
+    last = getattr(model, CHECKPOINTS_ATTR)[-1]
+    once = _with_checkpoints(model, [Checkpoint(last.epoch, 0.3, last.state)])
+    twice = _with_checkpoints(model, [Checkpoint(last.epoch, 0.3, last.state)] * 2)
+    a = _fit(TracIn(TracInConfig(proj_dim=8)), once, train, tmp_path / "once")
+    b = _fit(TracIn(TracInConfig(proj_dim=8)), twice, train, tmp_path / "twice")
+    _assert_close(b.explain(x, targets), a.explain(x, targets), rel=1e-6)
+    _assert_close(b.self_influence(), a.self_influence(), rel=1e-6)
+
+
+def test_select_checkpoints():
+    assert select_checkpoints(10, None) == list(range(10))
+    assert select_checkpoints(4, 4) == select_checkpoints(4, 9) == [0, 1, 2, 3]
+    assert select_checkpoints(10, 3) == [3, 6, 9]
+    assert select_checkpoints(4, 3) == [1, 2, 3]
+    assert select_checkpoints(20, 3) == [6, 13, 19]
+    assert select_checkpoints(7, 1) == [6]
+    for n in range(1, 30):
+        for k in range(1, n + 1):
+            picks = select_checkpoints(n, k)
+            assert len(picks) == k and picks[-1] == n - 1 and picks == sorted(set(picks))
+            gaps = [q - p for p, q in zip([-1, *picks], picks, strict=False)]
+            assert max(gaps) - min(gaps) <= 1  # evenly spaced
+
+
+def test_tracin_max_checkpoints_uses_the_selected_ones(toy64, tmp_path):
+    model, train, x, targets = toy64
+    saved = getattr(model, CHECKPOINTS_ATTR)
+    assert len(saved) > 3
+    picks = select_checkpoints(len(saved), 3)
+    quick = _fit(TracIn(replace(TracInConfig.quick(), proj_dim=8)), model, train, tmp_path / "quick")
+    info = quick.diagnostics()
+    assert info["n_checkpoints"] == 3 and info["n_checkpoints_available"] == len(saved)
+    assert info["checkpoint_epochs"] == [saved[i].epoch for i in picks]
+    assert info["checkpoint_epochs"][-1] == saved[-1].epoch  # the final model is always used
+    assert f"3 of {len(saved)} checkpoints" in quick.attributes_through
+    only = _with_checkpoints(model, [saved[i] for i in picks])
+    same = _fit(TracIn(TracInConfig(proj_dim=8)), only, train, tmp_path / "only")
+    assert torch.equal(quick.explain(x, targets), same.explain(x, targets))
+    every = _fit(TracIn(TracInConfig(proj_dim=8)), model, train, tmp_path / "all")
+    assert every.diagnostics()["n_checkpoints"] == len(saved)
+    assert not torch.allclose(every.explain(x, targets), quick.explain(x, targets))
+
+
+def test_graddot_train_gradients_are_tracins_final_block(toy_setup, tmp_path):
+    """Same projection seed and dimension: GradDot's training gradients equal TracIn's block for the final
+    checkpoint (stored unweighted; TracIn weights it by eta_T / T), computed apart (no shared cache)."""
+    _, data, model = toy_setup
+    cache = Cache(tmp_path)
+    tracin = TracIn(TracInConfig(proj_dim=16, seed=4))
+    tracin.fit(model, data.train, cache=cache)
+    for cls in (GradDot, GradCos):
+        dot = cls(cls.Config(proj_dim=16, seed=4))
+        dot.fit(model, data.train, cache=cache)
+        assert torch.equal(dot.train_grads_, tracin.train_grads_[:, -16:])
+    # every method missed the cache once: each cold fit is that method's own cost
+    assert (cache.stats.misses, cache.stats.hits) == (3, 0)
+    # the final block with its weight: TracIn on the final checkpoint alone is GradDot's loss-loss product
+    last = getattr(model, CHECKPOINTS_ATTR)[-1]
+    final = _with_checkpoints(model, [Checkpoint(last.epoch, 0.25, last.state)])
+    one = _fit(TracIn(TracInConfig(proj_dim=16, seed=4)), final, data.train, tmp_path / "one")
+    loss = GradDotConfig(proj_dim=16, seed=4, test_gradient="loss", normalise_test=False)
+    dot = _fit(GradDot(loss), model, data.train, tmp_path / "dot")
+    x = data.test.x[:5]
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1)
+    _assert_close(one.explain(x, targets), 0.25 * dot.explain(x, targets).double(), rel=1e-5)
+
+
 # ----- projection -------------------------------------------------------------------------------
 def test_projection_preserves_inner_products(toy64, tmp_path):
     model, train, x, targets = toy64
-    kinds = {"test_gradient": "loss", "train_gradient": "loss"}
+    kinds = {"test_gradient": "loss", "train_gradient": "loss", "normalise_test": False}
     exact = _fit(GradDot(GradDotConfig(proj_dim=None, **kinds)), model, train, tmp_path / "exact")
     wide = _fit(GradDot(GradDotConfig(proj_dim=2048, **kinds)), model, train, tmp_path / "wide")
     narrow = _fit(GradDot(GradDotConfig(proj_dim=4, **kinds)), model, train, tmp_path / "narrow")
@@ -258,6 +416,12 @@ def test_config_errors():
         GradCosConfig.from_dict({"train_gradient": "margin"})
     with pytest.raises(ConfigError, match="min_checkpoints"):
         TracInConfig(min_checkpoints=0)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ConfigError, match="max_checkpoints"):
+            TracInConfig(max_checkpoints=bad)
+    with pytest.raises(ConfigError, match="normalise_test"):
+        GradDotConfig(normalise_test="yes")
+    assert TracInConfig.paper().max_checkpoints is None and TracInConfig.quick().max_checkpoints == 3
     assert GradDotConfig.paper().test_gradient == "logit"
     assert GradDotConfig.from_dict({"test_gradient": "loss"}).test_gradient == "loss"
 
