@@ -79,9 +79,8 @@ from tasks.resnets import (
     ResNetTaskConfig,
     check_resnet50_weights,
     resnet50_awa2,
-    train_resnet,
 )
-from tasks.training import OptimizerName
+from tasks.training import OptimizerName, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)
 
@@ -348,15 +347,28 @@ class AwA2Config(ResNetTaskConfig):
     batch 32, 10 epochs, no augmentation, a checkpoint every 2 epochs. ``paper()`` returns them.
     ``quick()`` (Adam at lr 1e-4, batch 16, 2 epochs, a checkpoint after each) is for small subsets
     and tests. Both keep ``pretrained=True``: the weights file must be given (or ``pretrained=false``
-    chosen) explicitly.
+    chosen) explicitly. Neither preset stops early (``patience=None``): without the data offline no
+    plateau could be measured; set ``patience`` (and raise ``epochs``, now the maximum) to train until
+    the training loss stops improving.
     """
 
-    epochs: int = option(10, "training epochs")
+    epochs: int = option(10, "training epochs (the maximum when patience is set)")
     lr: float = option(0.01, "learning rate (constant)")
     batch_size: int = option(32, "mini-batch size")
     optimizer: OptimizerName = option("sgd", "optimizer: sgd or adam")
     momentum: float = option(0.9, "momentum of SGD (unused by adam)")
     weight_decay: float = option(1e-4, "weight decay (L2) of the optimizer")
+    patience: int | None = option(
+        None,
+        "early stopping: end after this many epochs without the training loss falling by more than "
+        "min_delta below its best (None: train all epochs)",
+    )
+    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
+    steps: int | None = option(
+        None,
+        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
+        "sets it for counterfactual models)",
+    )
     checkpoint_every: int = option(2, "keep a checkpoint (for TracIn) every N epochs and after the last")
     n_val: int = option(N_VAL, "validation images drawn from the held-out images (the rest: test split)")
     image_size: int = option(224, "images are resized and centre-cropped to image_size x image_size")
@@ -367,6 +379,7 @@ class AwA2Config(ResNetTaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_recipe(self)
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
             raise ConfigError(f"AwA2Config: image_size must be an integer, got {self.image_size!r}")
         if self.image_size < MIN_IMAGE_SIZE:
@@ -398,7 +411,7 @@ class AwA2Task(ImageTask):
     """
 
     Config = AwA2Config
-    version = "1"
+    version = "2"
     architecture = "resnet50_awa2"
 
     config: AwA2Config
@@ -456,7 +469,8 @@ class AwA2Task(ImageTask):
         return resnet50_awa2(num_classes=self.num_classes, weights_path=weights)
 
     def train_model(self, model: nn.Module, data: TaskData, *, device: torch.device) -> TrainedModel:
-        return train_resnet(model, data, self.config, device=device, label=f"awa2/{self.config.variant}")
+        """See :func:`tasks.training.train_task_model`."""
+        return train_task_model(model, data, self.config, device=device, label=f"awa2/{self.config.variant}")
 
     def training_config(self) -> dict[str, Any]:
         """The base's, with the weights file's path replaced by a hash of its content."""

@@ -56,8 +56,8 @@ from torch import Tensor, nn
 from harness.config import option
 from harness.protocols import DataError, Split, TaskData, TrainedModel
 from tasks.image_task import ImageTask
-from tasks.resnets import ResNetTaskConfig, resnet18_cifar, train_resnet
-from tasks.training import OptimizerName
+from tasks.resnets import ResNetTaskConfig, resnet18_cifar
+from tasks.training import OptimizerName, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)
 
@@ -252,17 +252,34 @@ class CIFAR10Config(ResNetTaskConfig):
     rate 0.05, weight decay 5e-4, batch 128, 30 epochs, no augmentation, a checkpoint every 5
     epochs. ``paper()`` returns them. ``quick()`` (Adam, lr 1e-3, batch 32, 2 epochs, a checkpoint
     after each) is for small subsets and tests: on 2 CPU cores a ResNet-18 step costs about 0.15 s
-    per 32x32 image, so 300 images take about 45 s per epoch there.
+    per 32x32 image, so 300 images take about 45 s per epoch there. Neither preset stops early
+    (``patience=None``): without the data offline no plateau could be measured; set ``patience`` (and
+    raise ``epochs``, now the maximum) to train until the training loss stops improving.
     """
 
-    epochs: int = option(30, "training epochs")
+    epochs: int = option(30, "training epochs (the maximum when patience is set)")
     lr: float = option(0.05, "learning rate (constant)")
     batch_size: int = option(128, "mini-batch size")
     optimizer: OptimizerName = option("sgd", "optimizer: sgd or adam")
     momentum: float = option(0.9, "momentum of SGD (unused by adam)")
     weight_decay: float = option(5e-4, "weight decay (L2) of the optimizer")
+    patience: int | None = option(
+        None,
+        "early stopping: end after this many epochs without the training loss falling by more than "
+        "min_delta below its best (None: train all epochs)",
+    )
+    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
+    steps: int | None = option(
+        None,
+        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
+        "sets it for counterfactual models)",
+    )
     checkpoint_every: int = option(5, "keep a checkpoint (for TracIn) every N epochs and after the last")
     n_val: int = option(N_VAL, "validation images drawn from test_batch (the rest are the test split)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_recipe(self)
 
     @classmethod
     def paper(cls) -> CIFAR10Config:
@@ -282,7 +299,7 @@ class CIFAR10Task(ImageTask):
     """CIFAR-10 from ``--data-root`` (50,000 train, 2,000 val, 8,000 test) with the paper's ResNet-18."""
 
     Config = CIFAR10Config
-    version = "1"
+    version = "2"
     architecture = "resnet18_cifar"
     dataset_classes = NUM_CLASSES
     input_shape: ClassVar[tuple[int, ...]] = IMAGE_SHAPE
@@ -299,4 +316,7 @@ class CIFAR10Task(ImageTask):
         return resnet18_cifar(num_classes=self.num_classes)
 
     def train_model(self, model: nn.Module, data: TaskData, *, device: torch.device) -> TrainedModel:
-        return train_resnet(model, data, self.config, device=device, label=f"cifar10/{self.config.variant}")
+        """See :func:`tasks.training.train_task_model`."""
+        return train_task_model(
+            model, data, self.config, device=device, label=f"cifar10/{self.config.variant}"
+        )

@@ -22,7 +22,7 @@ from torch import nn
 from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, Task, TaskConfig, TaskData, TrainedModel
 from tasks.models import TinyMLP
-from tasks.training import OPTIMIZERS, OptimizerName, accuracy, checkpoint_keeper, train_classifier
+from tasks.training import OPTIMIZERS, OptimizerName, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,24 @@ class ToyConfig(TaskConfig):
     num_classes: int = option(3, "number of classes (at most dim)")
     separation: float = option(4.0, "distance between any two class means (noise std is 1)")
     hidden: int = option(16, "width of the MLP's hidden layer (= feature dimension)")
-    epochs: int = option(20, "training epochs")
+    epochs: int = option(20, "training epochs (the maximum when patience is set)")
     lr: float = option(0.01, "learning rate")
     batch_size: int = option(16, "mini-batch size")
     optimizer: OptimizerName = option("adam", "optimizer: adam or sgd")
+    momentum: float = option(0.0, "momentum of SGD (unused by adam)")
     weight_decay: float = option(0.0, "weight decay (L2) of the optimizer")
+    patience: int | None = option(
+        None,
+        "early stopping: end after this many epochs without the training loss falling by more than "
+        "min_delta below its best (None: train all epochs)",
+    )
+    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
+    steps: int | None = option(
+        None,
+        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
+        "sets it for counterfactual models)",
+    )
+    checkpoint_every: int = option(1, "keep a checkpoint (for TracIn) every N epochs and the final model")
     data_seed: int = option(0, "seed of the generated data (independent of the run seed)")
 
     def __post_init__(self) -> None:
@@ -59,6 +72,7 @@ class ToyConfig(TaskConfig):
                 f"toy config: need lr > 0 and optimizer in {list(OPTIMIZERS)}, got lr={self.lr}, "
                 f"optimizer={self.optimizer!r}"
             )
+        check_recipe(self)
 
 
 def make_blobs(config: ToyConfig) -> tuple[Split, Split, Split]:
@@ -95,7 +109,7 @@ class ToyTask(Task):
     """Gaussian blobs classified by a :class:`~tasks.models.TinyMLP` (tests and smoke runs)."""
 
     Config = ToyConfig
-    version = "1"
+    version = "2"
     variants = ("std",)
     architecture = "tiny_mlp"
 
@@ -126,26 +140,8 @@ class ToyTask(Task):
         return TinyMLP(self.config.dim, self.config.hidden, self.config.num_classes)
 
     def train_model(self, model: nn.Module, data: TaskData, *, device: torch.device) -> TrainedModel:
-        cfg = self.config
-        # Drawn from torch's global generator, which the harness seeded with the run seed.
-        generator_seed = int(torch.randint(0, 2**62, ()).item())
-        checkpoints, keep = checkpoint_keeper(cfg.lr)  # one per epoch (constant learning rate)
-        history = train_classifier(
-            model,
-            data.train.x,
-            data.train.y,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            weight_decay=cfg.weight_decay,
-            optimizer=cfg.optimizer,
-            device=device,
-            generator_seed=generator_seed,
-            progress_desc="toy",
-            on_epoch_end=keep,
-        )
-        history["val_accuracy"] = accuracy(model, data.val.x, data.val.y)
-        return TrainedModel(model=model, history=history, checkpoints=checkpoints)
+        """See :func:`tasks.training.train_task_model`."""
+        return train_task_model(model, data, self.config, device=device, label="toy")
 
 
 def _cut(split: Split, n: int | None, flag: str, size_key: str) -> Split:

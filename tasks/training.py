@@ -1,7 +1,9 @@
 """The training loop shared by the benchmark tasks.
 
 One plain mini-batch loop with cross-entropy loss (the setting of the models in DualXDA, Yolcu et
-al., arXiv 2402.12118): no augmentation, no learning-rate schedule, no early stopping. The only
+al., arXiv 2402.12118): no augmentation, no learning-rate schedule; optional early stopping on the
+per-epoch training loss (so a model is trained until it fits its training set), or a fixed number
+of optimiser steps (counterfactual models get as many steps as the full model). The only
 randomness the loop itself draws is the order of the training points, taken from a
 :class:`torch.Generator` seeded with ``generator_seed``; the model's initial weights come from
 whoever built it (the harness seeds torch globally before it calls ``Task.build_model`` and
@@ -14,13 +16,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.protocols import Checkpoint
+from harness.config import ConfigError
+from harness.protocols import Checkpoint, TaskData, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,20 @@ def train_classifier(
     weight_decay: float = 0.0,
     optimizer: OptimizerName = "adam",
     momentum: float = 0.0,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    max_steps: int | None = None,
     device: torch.device | str,
     generator_seed: int,
     progress_desc: str | None = None,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with mini-batch cross-entropy; return the training history.
+
+    Three ways to end: after ``epochs`` epochs; earlier, when the per-epoch training loss has not
+    fallen by more than ``min_delta`` below its best value for ``patience`` epochs in a row (early
+    stopping, when ``patience`` is set); or after exactly ``max_steps`` optimiser steps (then
+    ``epochs`` and early stopping are ignored and the last epoch may be partial).
 
     Parameters
     ----------
@@ -71,10 +82,21 @@ def train_classifier(
         ``(n, *input_shape)`` float training inputs (any device; moved to ``device`` once).
     y:
         ``(n,)`` long training labels.
-    epochs, lr, batch_size, weight_decay:
+    epochs:
+        The maximum number of epochs (the exact number without early stopping).
+    lr, batch_size, weight_decay:
         The usual; the last batch of an epoch may be smaller than ``batch_size``.
     optimizer:
         ``"adam"`` or ``"sgd"`` (with ``momentum``, ignored by Adam).
+    patience:
+        Early stopping: end after this many epochs in a row without an improvement of the mean
+        training loss by more than ``min_delta`` (absolute, in nats) over the best epoch so far.
+        ``None``: no early stopping. The model of the last epoch is kept (not the best one).
+    min_delta:
+        The smallest loss decrease that counts as an improvement (>= 0).
+    max_steps:
+        Train for exactly this many optimiser steps, crossing epoch boundaries as needed (each
+        epoch a fresh order of all points); overrides ``epochs`` and ``patience``.
     device:
         Where to train.
     generator_seed:
@@ -83,28 +105,36 @@ def train_classifier(
         Label of the progress bar (one bar over all batches of all epochs; silent when stderr is not
         a terminal).
     on_epoch_end:
-        Called as ``on_epoch_end(epoch, model)`` after each epoch (``epoch`` counts from 1), e.g. to
-        keep checkpoints. The model is in train mode when it is called.
+        Called as ``on_epoch_end(epoch, model)`` after each epoch, partial last one included
+        (``epoch`` counts from 1), e.g. to keep checkpoints. The model is in train mode then.
 
     Returns
     -------
     dict
-        ``loss`` and ``train_accuracy``: per-epoch means over the training points of the loss and of
-        the accuracy of the running model on each batch before its update (lists of ``epochs``
-        floats); ``epoch_seconds`` (list); ``seconds`` (total wall time); ``steps``; and the
-        settings ``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``optimizer``.
+        ``loss`` and ``train_accuracy``: per-epoch means over the points of that epoch of the loss
+        and of the accuracy of the running model on each batch before its update (one float per
+        epoch run); ``epoch_seconds`` (list); ``seconds`` (total wall time); ``epochs_run``;
+        ``steps`` (optimiser steps taken); ``stopped_early`` (bool); and the settings ``epochs``,
+        ``lr``, ``batch_size``, ``weight_decay``, ``optimizer``, ``patience``, ``min_delta``,
+        ``max_steps``.
 
     Raises
     ------
     ValueError
-        For non-positive ``epochs``, ``batch_size`` or ``lr``, an unknown optimiser, or ``x`` and
-        ``y`` of different lengths.
+        For non-positive ``epochs``, ``batch_size``, ``lr``, ``patience`` or ``max_steps``, a
+        negative ``min_delta``, an unknown optimiser, or ``x`` and ``y`` of different lengths.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(
             f"epochs and batch_size must be >= 1 and lr > 0 (got epochs={epochs}, "
             f"batch_size={batch_size}, lr={lr})"
         )
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 or None, got {patience}")
+    if not min_delta >= 0:
+        raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
     n = int(y.shape[0])
     if x.shape[0] != n or n == 0:
         raise ValueError(f"x has {x.shape[0]} rows and y {n} labels; need equal, non-zero counts")
@@ -115,6 +145,8 @@ def train_classifier(
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(generator_seed)
     batches_per_epoch = math.ceil(n / batch_size)
+    total_steps = max_steps if max_steps is not None else epochs * batches_per_epoch
+    early_stopping = patience is not None and max_steps is None
 
     history: dict[str, Any] = {
         "epochs": epochs,
@@ -122,25 +154,28 @@ def train_classifier(
         "batch_size": batch_size,
         "weight_decay": weight_decay,
         "optimizer": optimizer,
+        "patience": patience,
+        "min_delta": min_delta,
+        "max_steps": max_steps,
         "loss": [],
         "train_accuracy": [],
         "epoch_seconds": [],
     }
+    label = progress_desc or "train"
+    steps, epoch, best, stale, stopped_early = 0, 0, math.inf, 0, False
     model.train()
     start = time.perf_counter()
-    with tqdm(
-        total=epochs * batches_per_epoch,
-        desc=progress_desc or "train",
-        unit="batch",
-        disable=None,
-        leave=False,
-    ) as bar:
-        for epoch in range(1, epochs + 1):
+    with tqdm(total=total_steps, desc=label, unit="batch", disable=None, leave=False) as bar:
+        while steps < total_steps:
+            epoch += 1
             epoch_start = time.perf_counter()
             order = torch.randperm(n, generator=generator).to(device)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
+            seen = 0
             for first in range(0, n, batch_size):
+                if steps == total_steps:
+                    break
                 idx = order[first : first + batch_size]
                 xb, yb = x_dev[idx], y_dev[idx]
                 logits = model(xb)
@@ -148,31 +183,45 @@ def train_classifier(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                steps += 1
+                seen += int(yb.shape[0])
                 loss_sum += loss.detach().double() * yb.shape[0]
                 correct += (logits.detach().argmax(dim=1) == yb).sum()
                 bar.update(1)
-            epoch_loss = float(loss_sum) / n
+            epoch_loss = float(loss_sum) / seen
             history["loss"].append(epoch_loss)
-            history["train_accuracy"].append(int(correct) / n)
+            history["train_accuracy"].append(int(correct) / seen)
             history["epoch_seconds"].append(time.perf_counter() - epoch_start)
             bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.4f}")
             log.debug(
-                "%s epoch %d/%d: loss %.4f, train accuracy %.4f",
-                progress_desc or "train",
+                "%s epoch %d: loss %.4f, train accuracy %.4f",
+                label,
                 epoch,
-                epochs,
                 epoch_loss,
                 history["train_accuracy"][-1],
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
+            if early_stopping:
+                assert patience is not None
+                if epoch_loss < best - min_delta:
+                    best, stale = epoch_loss, 0
+                else:
+                    stale += 1
+                if stale >= patience and steps < total_steps:
+                    stopped_early = True
+                    break
     history["seconds"] = time.perf_counter() - start
-    history["steps"] = epochs * batches_per_epoch
+    history["steps"] = steps
+    history["epochs_run"] = epoch
+    history["stopped_early"] = stopped_early
     model.eval()
     log.info(
-        "%s: %d epochs in %.1f s, final loss %.4f, train accuracy %.4f",
-        progress_desc or "train",
-        epochs,
+        "%s: %d epochs (%d steps%s) in %.1f s, final loss %.4f, train accuracy %.4f",
+        label,
+        epoch,
+        steps,
+        ", stopped early" if stopped_early else "",
         history["seconds"],
         history["loss"][-1],
         history["train_accuracy"][-1],
@@ -204,14 +253,162 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) 
     return correct / int(y.shape[0])
 
 
-def checkpoint_keeper(lr: float) -> tuple[list[Checkpoint], Callable[[int, nn.Module], None]]:
-    """``(checkpoints, on_epoch_end)``: pass the callback to :func:`train_classifier` and the list
-    fills with a :class:`~harness.protocols.Checkpoint` (weights on CPU, learning rate ``lr``) after
-    every epoch; the last one equals the final model."""
-    checkpoints: list[Checkpoint] = []
+class CheckpointKeeper:
+    """Keeps a :class:`~harness.protocols.Checkpoint` (weights on CPU, learning rate ``lr``) every
+    ``every`` epochs; :meth:`finish` adds the final model unless the last kept one is it.
 
-    def keep(epoch: int, model: nn.Module) -> None:
+    Pass the keeper as ``on_epoch_end`` of :func:`train_classifier`, then call :meth:`finish` with
+    the epochs run; ``checkpoints`` then ends with the final model. ``every=0`` keeps the final
+    model only.
+    """
+
+    def __init__(self, lr: float, *, every: int = 1) -> None:
+        if every < 0:
+            raise ValueError(f"checkpoint interval must be >= 0 epochs, got {every}")
+        self.lr, self.every = lr, every
+        self.checkpoints: list[Checkpoint] = []
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        if self.every and epoch % self.every == 0:
+            self._keep(epoch, model)
+
+    def finish(self, epoch: int, model: nn.Module) -> None:
+        """Keep the final model (trained for ``epoch`` epochs) if the last checkpoint is not it."""
+        if not self.checkpoints or self.checkpoints[-1].epoch != epoch:
+            self._keep(epoch, model)
+
+    def _keep(self, epoch: int, model: nn.Module) -> None:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        checkpoints.append(Checkpoint(epoch=epoch, lr=lr, state=state))
+        self.checkpoints.append(Checkpoint(epoch=epoch, lr=self.lr, state=state))
 
-    return checkpoints, keep
+
+@torch.no_grad()
+def predicted_labels(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """``(n,)`` long, on CPU: ``model``'s predicted class of each row of ``x`` (mode left as it is)."""
+    device = next(model.parameters()).device
+    parts = [
+        model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def final_fit(model: nn.Module, data: TaskData, *, batch_size: int = 1024) -> dict[str, float | None]:
+    """How well the trained ``model`` (put in eval mode) fits its training set; its validation accuracy.
+
+    Returns
+    -------
+    dict
+        ``train_accuracy_final``: share of the whole training split predicted as its training label
+        (the label the model was trained on: the flipped one in the corrupt variant);
+        ``val_accuracy`` (None for an empty validation split); where ``data.train.meta`` has
+        ``flipped`` (``(n,)`` bool, the corrupt variant): ``flipped_fitted``, the share of flipped
+        points predicted as their (flipped) training label, and ``clean_fitted``, the same share
+        among the other points (None when there are none).
+    """
+    model.eval()
+    train = data.train
+    fitted = predicted_labels(model, train.x, batch_size=batch_size) == train.y.cpu()
+    result: dict[str, float | None] = {
+        "train_accuracy_final": float(fitted.double().mean()),
+        "val_accuracy": accuracy(model, data.val.x, data.val.y, batch_size=batch_size)
+        if len(data.val)
+        else None,
+    }
+    flipped = train.meta.get("flipped")
+    if flipped is not None:
+        flipped = flipped.cpu().bool()
+        result["flipped_fitted"] = float(fitted[flipped].double().mean()) if flipped.any() else None
+        result["clean_fitted"] = float(fitted[~flipped].double().mean()) if (~flipped).any() else None
+    return result
+
+
+class TrainingRecipe(Protocol):
+    """The training options a task config carries (see :func:`train_task_model`)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: OptimizerName
+    momentum: float
+    weight_decay: float
+    patience: int | None
+    min_delta: float
+    steps: int | None
+    checkpoint_every: int
+
+
+def check_recipe(config: TrainingRecipe) -> None:
+    """Validate the early-stopping, step and checkpoint options of a task config.
+
+    Raises
+    ------
+    ConfigError
+        For ``patience`` not None and < 1, a negative or non-finite ``min_delta``, ``steps`` not
+        None and < 1, or ``checkpoint_every`` < 1.
+    """
+    name = type(config).__name__
+    for key in ("patience", "steps"):
+        value = getattr(config, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}: {key} must be an integer >= 1 or None, got {value!r}")
+    every = config.checkpoint_every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"{name}: checkpoint_every must be an integer >= 1, got {every!r}")
+    delta = config.min_delta
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not math.isfinite(delta) or delta < 0:
+        raise ConfigError(f"{name}: min_delta must be a finite number >= 0, got {delta!r}")
+
+
+def train_task_model(
+    model: nn.Module, data: TaskData, config: TrainingRecipe, *, device: torch.device, label: str
+) -> TrainedModel:
+    """Train ``model`` on ``data.train`` with a task config's recipe: the ``train_model`` of every task.
+
+    The order of the training points is drawn from torch's global generator (which the harness
+    seeded with the run seed). Without ``config.steps``: at most ``config.epochs`` epochs, early
+    stopping on the training loss when ``config.patience`` is set, a checkpoint every
+    ``config.checkpoint_every`` epochs and always the final model as the last checkpoint. With
+    ``config.steps`` (set by the harness for counterfactual models): exactly that many optimiser
+    steps, no early stopping, and the final model as the only checkpoint (counterfactual models
+    keep none; a checkpoint per epoch of a small subset trained for many epochs would only cost
+    memory).
+
+    Returns
+    -------
+    TrainedModel
+        The model in eval mode, its checkpoints, and the history of :func:`train_classifier` plus
+        ``checkpoint_epochs`` and the entries of :func:`final_fit`.
+    """
+    generator_seed = int(torch.randint(0, 2**62, ()).item())
+    keeper = CheckpointKeeper(config.lr, every=0 if config.steps is not None else config.checkpoint_every)
+    history = train_classifier(
+        model,
+        data.train.x,
+        data.train.y,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        patience=config.patience,
+        min_delta=config.min_delta,
+        max_steps=config.steps,
+        device=device,
+        generator_seed=generator_seed,
+        progress_desc=label,
+        on_epoch_end=keeper,
+    )
+    keeper.finish(history["epochs_run"], model)
+    history["checkpoint_epochs"] = [c.epoch for c in keeper.checkpoints]
+    history.update(final_fit(model, data, batch_size=config.batch_size))
+    log.info(
+        "%s: final train accuracy %.4f, validation accuracy %s%s",
+        label,
+        history["train_accuracy_final"],
+        "n/a" if history["val_accuracy"] is None else f"{history['val_accuracy']:.4f}",
+        ""
+        if history.get("flipped_fitted") is None
+        else f", flipped labels fitted {history['flipped_fitted']:.4f}",
+    )
+    return TrainedModel(model=model, history=history, checkpoints=keeper.checkpoints)

@@ -26,7 +26,8 @@ from tasks import cifar10 as cifar_module
 from tasks.awa2 import AwA2Config, AwA2Task
 from tasks.cifar10 import CIFAR10Config, CIFAR10Task
 from tasks.models import TinyMLP
-from tasks.resnets import resnet18_cifar, resnet50_awa2, train_resnet
+from tasks.resnets import resnet18_cifar, resnet50_awa2
+from tasks.training import train_task_model
 from tasks.variants import watermark_mask
 
 CPU = torch.device("cpu")
@@ -346,14 +347,14 @@ def test_cifar_presets_and_config_validation() -> None:
 
 
 def test_checkpoints_are_kept_every_n_epochs_and_after_the_last() -> None:
-    # The recipe's loop on a tiny MLP (train_resnet takes any classifier): fast, same bookkeeping.
+    # The task's recipe on a tiny MLP (train_task_model takes any classifier): fast, same bookkeeping.
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 6, generator=g), torch.arange(12) % 3
     splits = [Split(name, x, y, {"indices": torch.arange(12)}) for name in ("train", "val", "test")]
     data = TaskData(*splits, num_classes=3, variant="std", input_shape=(6,))
     config = CIFAR10Config(epochs=5, checkpoint_every=2, batch_size=4, optimizer="adam", lr=1e-2)
     torch.manual_seed(0)
-    trained = train_resnet(TinyMLP(6, 8, 3), data, config, device=CPU, label="test")
+    trained = train_task_model(TinyMLP(6, 8, 3), data, config, device=CPU, label="test")
     assert [c.epoch for c in trained.checkpoints] == [2, 4, 5]
     assert all(c.lr == 1e-2 for c in trained.checkpoints)
     assert trained.history["checkpoint_epochs"] == [2, 4, 5] and len(trained.history["loss"]) == 5
