@@ -7,9 +7,12 @@ and every method of the grid reads the same weights.
 - :func:`get_or_train_model`: the model of a (task, variant, training config, seed), with the
   checkpoints TracIn needs.
 - :class:`Retrainer`: models retrained on subsets of the training set (LDS, coreset selection, data
-  pruning), keyed by the full model's key plus the subset (as a set) and the epochs; missing ones
-  are trained in worker processes when ``workers > 1`` (the cache's atomic writes make concurrent
-  writers safe), with a progress bar.
+  pruning), keyed by the full model's key plus the subset (as a set) and the training length;
+  missing ones are trained in worker processes when ``workers > 1`` (the cache's atomic writes make
+  concurrent writers safe), with a progress bar. By default a counterfactual model takes as many
+  optimiser steps as the full model (the task's ``steps`` option), whatever the size of its
+  subset: trained for the same number of epochs, a 10% subset would see a tenth of the steps and
+  the curves would measure under-training.
 """
 
 from __future__ import annotations
@@ -153,6 +156,11 @@ def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
 class Retrainer(Counterfactuals):
     """Counterfactual models of one run's task, data and seed (see the module docstring).
 
+    The training length of a counterfactual model: with ``epochs`` given to :meth:`evaluate`, the
+    task's recipe for exactly that many epochs (early stopping off); without, exactly as many optimiser steps
+    as the full model took (``full_steps``), set through the task config's ``steps`` option. A task
+    whose config has no ``steps`` option keeps its own recipe (with a warning).
+
     Parameters
     ----------
     task, data, seed:
@@ -165,19 +173,61 @@ class Retrainer(Counterfactuals):
     workers:
         Processes that train missing models in parallel (1: in this process). Each worker uses
         ``os.cpu_count() // workers`` torch threads.
+    full_steps:
+        Optimiser steps of the full model. ``None``: read from the full model's training history
+        (``history["steps"]``) in the models cache, training and caching the full model first if
+        it is not there yet (the runner has always trained it before the metrics run).
     """
 
     def __init__(
-        self, task: Task, data: TaskData, seed: int, cache: Cache, device: torch.device, workers: int = 1
+        self,
+        task: Task,
+        data: TaskData,
+        seed: int,
+        cache: Cache,
+        device: torch.device,
+        workers: int = 1,
+        *,
+        full_steps: int | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"retraining workers must be a positive integer, got {workers!r}")
+        if full_steps is not None and (
+            isinstance(full_steps, bool) or not isinstance(full_steps, int) or full_steps < 1
+        ):
+            raise ConfigError(f"full_steps must be a positive integer or None, got {full_steps!r}")
         self.task, self.data, self.seed, self.device, self.workers = task, data, seed, device, workers
+        self.cache = cache
         self.store = cache.scope("counterfactuals", task.name)
         self._parent = stable_hash(model_key(task, data, seed), length=24)
+        self._full_steps = full_steps
         self.trained = 0  # models trained by this instance (the rest came from the cache)
 
-    def key(self, subset: Tensor, epochs: int | None) -> dict[str, Any]:
+    @property
+    def full_steps(self) -> int:
+        """Optimiser steps of the full model (looked up once, see the class docstring)."""
+        if self._full_steps is None:
+            store = self.cache.scope("models", self.task.name)
+            key = model_key(self.task, self.data, self.seed)
+            artefact = store.get_or_create(
+                key, lambda: train_artefact(self.task, self.data, self.seed, self.device)
+            )
+            steps = artefact.meta.get("history", {}).get("steps")
+            if not isinstance(steps, int) or steps < 1:
+                raise DataError(
+                    f"the cached full model of task {self.task.name!r} records no step count "
+                    f"(history['steps'] = {steps!r}); pass full_steps to the Retrainer"
+                )
+            self._full_steps = steps
+        return self._full_steps
+
+    def _steps(self, epochs: int | None) -> int | None:
+        """The ``steps`` option of the counterfactual models (None: not set)."""
+        if epochs is not None or not self._has_option("steps"):
+            return None
+        return self.full_steps
+
+    def key(self, subset: Tensor, epochs: int | None, steps: int | None = None) -> dict[str, Any]:
         """Cache key of the model trained on ``train[subset]`` (a set: order is ignored)."""
         import torch
 
@@ -188,6 +238,7 @@ class Retrainer(Counterfactuals):
             "subset": digest,
             "subset_size": int(index.numel()),
             "epochs": epochs,
+            "steps": steps,
             "stored": "weights",
         }
 
@@ -199,12 +250,14 @@ class Retrainer(Counterfactuals):
         purpose: str,
         epochs: int | None = None,
     ) -> list[Tensor]:
+        """See :meth:`harness.protocols.Counterfactuals.evaluate`; ``epochs=None``: the full model's steps."""
         from tqdm.auto import tqdm
 
-        task = self._task(epochs)
-        keys = [self.key(s, epochs) for s in subsets]
         for subset in subsets:
             self._check_subset(subset)
+        steps = self._steps(epochs)
+        task = self._task(epochs, steps)
+        keys = [self.key(s, epochs, steps) for s in subsets]
         missing = {
             stable_hash(k): (k, s) for k, s in zip(keys, subsets, strict=True) if not self.store.contains(k)
         }
@@ -220,20 +273,38 @@ class Retrainer(Counterfactuals):
                 results.append(evaluate(model))
                 bar.update(1)
         log.info(
-            "%s: %d counterfactual models (%d trained, the rest cached)", purpose, len(subsets), len(missing)
+            "%s: %d counterfactual models (%d trained, the rest cached), %s",
+            purpose,
+            len(subsets),
+            len(missing),
+            f"{epochs} epochs each" if steps is None else f"{steps} optimiser steps each (as the full model)",
         )
         return results
 
     # ----- internals --------------------------------------------------------------------------
-    def _task(self, epochs: int | None) -> Task:
+    def _has_option(self, name: str) -> bool:
+        return any(f.name == name for f in dataclasses.fields(self.task.config))
+
+    def _task(self, epochs: int | None, steps: int | None) -> Task:
         if epochs is None:
-            return self.task
-        if not any(f.name == "epochs" for f in dataclasses.fields(self.task.config)):
+            if steps is None:
+                log.warning(
+                    "task %r has no 'steps' option: counterfactual models follow its own recipe, so a "
+                    "small subset gets fewer optimiser steps than the full model",
+                    self.task.name,
+                )
+                return self.task
+            return type(self.task)(dataclasses.replace(self.task.config, steps=steps))
+        if not self._has_option("epochs"):
             raise ConfigError(
                 f"task {self.task.name!r} has no 'epochs' option, so retraining cannot change it; "
                 "leave the metric's epochs unset to use the task's recipe"
             )
-        return type(self.task)(dataclasses.replace(self.task.config, epochs=epochs))
+        # The old rule: exactly that many epochs, so early stopping is switched off where it exists.
+        changes: dict[str, Any] = {"epochs": epochs}
+        if self._has_option("patience"):
+            changes["patience"] = None
+        return type(self.task)(dataclasses.replace(self.task.config, **changes))
 
     def _check_subset(self, subset: Tensor) -> None:
         n = len(self.data.train)

@@ -19,7 +19,7 @@ from torch import nn
 
 from harness.cache import Cache
 from harness.config import ConfigError
-from harness.models import Retrainer, select_device, train_artefact
+from harness.models import Retrainer, get_or_train_model, select_device, train_artefact
 from harness.protocols import (
     CHECKPOINTS_ATTR,
     Checkpoint,
@@ -164,17 +164,57 @@ def test_coreset_and_pruning_retrain_on_the_top_and_bottom_shares(tmp_path: Path
     for cls, order in ((CoresetSelection, top), (DataPruning, bottom)):
         known = Known()
         ctx = _context(explanations, known, tmp_path)
+        assert not torch.equal(ctx.targets, ctx.data.test.y)  # the two label sets must disagree here
         result = cls(config).compute(ctx)
         assert [s.tolist() for s in known.seen] == [order[:3].tolist(), order[:15].tolist(), order.tolist()]
-        losses = []
+        losses, acc, acc_true = [], [], []
         for subset in known.seen:
             logits = ctx.data.test.x @ known.weights(subset)
-            losses.append(float(nn.functional.cross_entropy(logits, ctx.data.test.y)))
+            # against the ORIGINAL model's predictions (ctx.targets), not the true labels
+            losses.append(float(nn.functional.cross_entropy(logits, ctx.targets)))
+            acc.append(float((logits.argmax(dim=1) == ctx.targets).double().mean()))
+            acc_true.append(float((logits.argmax(dim=1) == ctx.data.test.y).double().mean()))
         assert result.details["cross_entropy"] == pytest.approx(losses, rel=1e-9)
         assert result.value == pytest.approx(np.mean(losses), rel=1e-9)
+        assert result.details["accuracy"] == pytest.approx(acc)
+        assert result.details["accuracy_true_labels"] == pytest.approx(acc_true)
+        assert result.details["mean_accuracy"] == pytest.approx(np.mean(acc))
         assert result.details["sizes"] == [3, 15, 30]
+        assert known.epochs == [None]  # the retraining service picks the length (the full model's steps)
     assert importance_order(explanations, descending=True)[:4].tolist() == top[:4].tolist()
-    assert CoresetSelection.direction == DataPruning.direction == "lower"
+
+
+def test_retraining_metrics_directions() -> None:
+    # Pruning the most important points first should hurt most: a higher loss is the better ranking.
+    assert CoresetSelection.direction == "lower"
+    assert DataPruning.direction == "higher"
+    assert LDS.direction == "higher"
+    assert CoresetSelection.version == DataPruning.version == LDS.version == "2"
+
+
+def test_coreset_loss_is_measured_against_the_original_predictions(tmp_path: Path) -> None:
+    # A hand-made case: every retrained model predicts class 0 with certainty-like logits. The
+    # original model predicted class 0 for every test point, so the loss against its predictions is
+    # small, while the true labels (mostly not 0) would give a large one.
+    class Constant(Counterfactuals):
+        def evaluate(self, subsets, evaluate, *, purpose, epochs=None):  # noqa: ANN001
+            layer = nn.Linear(D, K).double()
+            with torch.no_grad():
+                layer.weight.zero_()
+                layer.bias.copy_(torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64))
+            return [evaluate(layer) for _ in subsets]
+
+    ctx = _context(torch.ones(N_TEST, N_TRAIN), Constant(), tmp_path)
+    ctx.targets = torch.zeros(N_TEST, dtype=torch.long)
+    expected = float(-torch.log_softmax(torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64), 0)[0])
+    for cls in (CoresetSelection, DataPruning):
+        result = cls(RetrainCurveConfig(fractions=(0.5, 1.0))).compute(ctx)
+        assert result.value == pytest.approx(expected, rel=1e-12)  # ~0.013; vs true labels ~3.4
+        assert result.details["accuracy"] == [1.0, 1.0]
+        assert result.details["accuracy_true_labels"] == pytest.approx([2 / 6, 2 / 6])
+    ctx.targets = torch.zeros(N_TEST + 1, dtype=torch.long)
+    with pytest.raises(DataError, match="targets"):
+        CoresetSelection(RetrainCurveConfig(fractions=(1.0,))).compute(ctx)
 
 
 def test_retrain_curve_config() -> None:
@@ -225,8 +265,13 @@ def test_retrainer_trains_each_set_once_and_matches_training_by_hand(toy_setup, 
     assert retrainer.trained == 1  # the same set in another order: one model
     assert torch.equal(weights[0], weights[1])
     index = torch.unique(subset)
+    # by hand: the task's recipe with the full model's step budget
+    counterfactual = type(task)(replace(task.config, steps=retrainer.full_steps))
     by_hand = train_artefact(
-        task, replace(data, train=Split("train", data.train.x[index], data.train.y[index])), 3, device
+        counterfactual,
+        replace(data, train=Split("train", data.train.x[index], data.train.y[index])),
+        3,
+        device,
     )
     assert torch.equal(weights[0], by_hand.tensors["model.classifier.weight"])
     again = Retrainer(task, data, seed=3, cache=Cache(tmp_path), device=device)
@@ -236,6 +281,52 @@ def test_retrainer_trains_each_set_once_and_matches_training_by_hand(toy_setup, 
         [subset], lambda m: m.classifier.weight.detach().clone(), purpose="t", epochs=1
     )
     assert again.trained == 1 and not torch.equal(other_epochs[0], weights[0])
+
+
+def _stored_history(retrainer: Retrainer, subset: torch.Tensor, epochs: int | None) -> dict:
+    steps = None if epochs is not None else retrainer.full_steps
+    key = retrainer.key(subset, epochs, steps)
+    assert retrainer.store.contains(key)
+    return retrainer.store.get_or_create(key, lambda: pytest.fail("not cached")).meta["history"]
+
+
+def test_counterfactual_models_take_as_many_steps_as_the_full_model(toy_setup, tmp_path: Path) -> None:
+    task, data, _ = toy_setup
+    cache = Cache(tmp_path)
+    _, info = get_or_train_model(task, data, 3, cache, select_device())
+    full_steps = info["history"]["steps"]
+    assert full_steps == task.config.epochs * 3  # 48 points in batches of 16
+    retrainer = Retrainer(task, data, seed=3, cache=cache, device=select_device())
+    tenth = torch.arange(0, len(data.train), 10)  # 10% of the data (5 points: one batch an epoch)
+    half = torch.arange(0, len(data.train), 2)
+    retrainer.evaluate([tenth, half], lambda m: m.classifier.weight, purpose="t")
+    assert retrainer.full_steps == full_steps  # read from the cached full model's history
+    for subset in (tenth, half):
+        history = _stored_history(retrainer, subset, None)
+        assert history["steps"] == full_steps and history["max_steps"] == full_steps
+    assert _stored_history(retrainer, tenth, None)["epochs_run"] == full_steps  # one batch an epoch
+    # An explicit epoch count keeps the old rule: that many epochs, however few steps they are.
+    retrainer.evaluate([tenth], lambda m: m.classifier.weight, purpose="t", epochs=2)
+    history = _stored_history(retrainer, tenth, 2)
+    assert history["epochs_run"] == 2 and history["steps"] == 2
+
+
+def test_retrainer_takes_the_step_budget_as_a_keyword_and_keys_the_cache_by_it(
+    toy_setup, tmp_path: Path
+) -> None:
+    task, data, _ = toy_setup
+    cache = Cache(tmp_path)
+    subset = torch.arange(10)
+    read = lambda m: m.classifier.weight.detach().clone()  # noqa: E731
+    short = Retrainer(task, data, 0, cache, select_device(), full_steps=4)
+    long = Retrainer(task, data, 0, cache, select_device(), full_steps=40)
+    a, b = short.evaluate([subset], read, purpose="t"), long.evaluate([subset], read, purpose="t")
+    assert short.trained == long.trained == 1  # different budgets are different models
+    assert not torch.equal(a[0], b[0])
+    assert _stored_history(short, subset, None)["steps"] == 4
+    assert not (tmp_path / "models").exists()  # a given budget needs no full model
+    with pytest.raises(ConfigError, match="full_steps"):
+        Retrainer(task, data, 0, cache, select_device(), full_steps=0)
 
 
 def test_retrainer_worker_processes_give_the_same_models(toy_setup, tmp_path: Path) -> None:

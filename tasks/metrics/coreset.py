@@ -5,16 +5,25 @@ Metrics 6 and 7 of DualXDA (Yolcu et al., arXiv 2402.12118; ../shared/reference/
     g_i        = sum_j |A[j, i]|                          global importance of training point i
     top_f      = the ceil(f * N) points of largest g      (coreset selection)
     bottom_f   = the ceil(f * N) points of smallest g     (data pruning: the top ones are pruned)
-    CE(S)      = mean over test points j of cross-entropy(model trained on S)(x_j, y_j)
+    CE(S)      = mean over test points j of cross-entropy(model trained on S)(x_j, c_j)
     coreset    = mean_{f in 10%, 20%, ..., 100%} CE(top_f)      lower is better
-    pruning    = mean_{f in 10%, 20%, ..., 100%} CE(bottom_f)   lower is better
+    pruning    = mean_{f in 10%, 20%, ..., 100%} CE(bottom_f)   HIGHER is better
 
-``y_j`` are the test points' TRUE labels (the labels the task's model is trained to predict: the
-superclass in the group variant). Ties in ``g`` are broken by training index (a stable sort), so a
-method with many exact zeros (DualDA) gets a deterministic order. The models come from the
-harness' retraining service (``ctx.retrain``): the task's recipe, the run's seed, cached by
-content hash, so equal subsets (every method's 100%, and methods that rank alike) share a model.
-quanda 0.5.0 has no metric for either, so this module computes them directly.
+``c_j`` is the ORIGINAL model's predicted class of test point j (``ctx.targets``, the class the
+attributions explain), as in the paper's evaluation, which wraps the test set with the model's
+predictions; the accuracy against ``c_j`` and, as a detail, against the true labels are recorded
+beside the loss. Data pruning is "higher is better" because an informative ranking prunes the
+training points that matter for these predictions first, so the models trained on what is left
+predict them worse than after pruning a random share (a random ranking is the floor).
+
+Ties in ``g`` are broken by training index (a stable sort), so a method with many exact zeros
+(DualDA) gets a deterministic order. The models come from the harness' retraining service
+(``ctx.retrain``), cached by content hash, so equal subsets (every method's 100%, and methods that
+rank alike) share a model. Training length: unless the metric's ``epochs`` option is set, every
+retrained model takes as many optimiser steps as the original model (a 10% subset is trained for
+about ten times as many epochs), so a small share is not merely under-trained; with ``epochs`` set,
+each model is trained for exactly that many epochs. quanda 0.5.0 has no metric for either, so this
+module computes them directly.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ class RetrainCurveConfig(Config):
     fractions: tuple[float, ...] = option(
         PAPER_FRACTIONS, "shares of the training set retrained on (paper: 0.1, 0.2, ..., 1.0)"
     )
-    epochs: int | None = option(None, "training epochs of the retrained models (None: the task's recipe)")
+    epochs: int | None = option(
+        None,
+        "training epochs of the retrained models (None: as many optimiser steps as the original model)",
+    )
 
     def __post_init__(self) -> None:
         fractions = self.fractions
@@ -73,10 +85,11 @@ class RetrainCurveConfig(Config):
 
 
 class _RetrainCurve(Metric):
-    """Mean test cross-entropy of models retrained on the top or bottom shares by importance."""
+    """Mean test cross-entropy (against the original model's predictions) of models retrained on the
+    top or bottom shares by importance."""
 
     Config = RetrainCurveConfig
-    version = "1"
+    version = "2"
     direction = "lower"
     #: True: keep the most important points (coreset); False: keep the least important (pruning).
     keep_top: ClassVar[bool] = True
@@ -89,8 +102,11 @@ class _RetrainCurve(Metric):
         Returns
         -------
         MetricResult
-            ``value`` the mean test cross-entropy (nats); ``details``: ``fractions``, ``sizes``,
-            ``cross_entropy`` and ``accuracy`` per fraction (the curve).
+            ``value`` the mean test cross-entropy (nats) against the original model's predictions
+            ``ctx.targets``; ``details``: ``fractions``, ``sizes``, and per fraction (the curve)
+            ``cross_entropy`` and ``accuracy`` (both against ``ctx.targets``) and
+            ``accuracy_true_labels`` (against ``data.test.y``); ``mean_accuracy`` and
+            ``mean_accuracy_true_labels`` over the fractions.
         """
         explanations = _checked(ctx, self.name)
         if ctx.retrain is None:
@@ -99,21 +115,27 @@ class _RetrainCurve(Metric):
         n = order.numel()
         sizes = [max(1, math.ceil(f * n - 1e-9)) for f in self.config.fractions]
         test = ctx.data.test
+        targets = ctx.targets.detach().cpu().long()
 
         def evaluate(model: nn.Module) -> Tensor:
-            return test_loss_and_accuracy(model, test.x, test.y)
+            return test_loss_and_accuracy(model, test.x, targets, test.y)
 
         results = ctx.retrain.evaluate(
             [order[:size] for size in sizes], evaluate, purpose=self.name, epochs=self.config.epochs
         )
         losses = [float(r[0]) for r in results]
+        accuracies = [float(r[1]) for r in results]
+        true_accuracies = [float(r[2]) for r in results]
         return MetricResult(
             value=sum(losses) / len(losses),
             details={
                 "fractions": list(self.config.fractions),
                 "sizes": sizes,
                 "cross_entropy": losses,
-                "accuracy": [float(r[1]) for r in results],
+                "accuracy": accuracies,
+                "accuracy_true_labels": true_accuracies,
+                "mean_accuracy": sum(accuracies) / len(accuracies),
+                "mean_accuracy_true_labels": sum(true_accuracies) / len(true_accuracies),
             },
         )
 
@@ -125,8 +147,13 @@ class CoresetSelection(_RetrainCurve):
 
 
 class DataPruning(_RetrainCurve):
-    """Retrain on the least important 10%..100% (the top ones pruned); mean test CE, lower is better."""
+    """Retrain on the least important 10%..100% (the top ones pruned); mean test CE, HIGHER is better.
 
+    An informative ranking prunes what the original model's predictions rest on, so the retrained
+    models predict them worse than after pruning at random: a higher loss is the better ranking.
+    """
+
+    direction = "higher"
     keep_top = False
 
 
@@ -136,24 +163,54 @@ def importance_order(explanations: Tensor, *, descending: bool) -> Tensor:
     return torch.sort(importance, descending=descending, stable=True).indices
 
 
-def test_loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> Tensor:
-    """``(2,)`` float64: mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+def test_loss_and_accuracy(
+    model: nn.Module, x: Tensor, targets: Tensor, labels: Tensor | None = None, batch_size: int = 512
+) -> Tensor:
+    """Mean cross-entropy and accuracy of ``model`` on ``x`` against ``targets``, and its accuracy
+    against ``labels``.
+
+    Parameters
+    ----------
+    x:
+        ``(n, *input_shape)`` inputs.
+    targets:
+        ``(n,)`` long: the classes the loss and the first accuracy are measured against (the
+        original model's predictions in the metrics above).
+    labels:
+        ``(n,)`` long, optional: a second set of labels (the true ones) for a second accuracy.
+
+    Returns
+    -------
+    Tensor
+        ``(2,)`` float64 ``[cross-entropy, accuracy]``, or ``(3,)`` with the accuracy against
+        ``labels`` appended when they are given.
+    """
     device = next(model.parameters()).device
-    loss, correct = 0.0, 0
+    loss, correct, correct_labels = 0.0, 0, 0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size].to(device)).double()
-            yb = y[start : start + batch_size].to(device).long()
-            loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
-    return torch.tensor([loss / len(x), correct / len(x)], dtype=torch.float64)
+            tb = targets[start : start + batch_size].to(device).long()
+            loss += float(torch.nn.functional.cross_entropy(logits, tb, reduction="sum"))
+            predicted = logits.argmax(dim=1)
+            correct += int((predicted == tb).sum())
+            if labels is not None:
+                correct_labels += int(
+                    (predicted == labels[start : start + batch_size].to(device).long()).sum()
+                )
+    values = [loss / len(x), correct / len(x)]
+    if labels is not None:
+        values.append(correct_labels / len(x))
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _checked(ctx: MetricContext, name: str) -> Tensor:
     expected = (len(ctx.data.test), len(ctx.data.train))
-    if tuple(ctx.explanations.shape) != expected:
+    if tuple(ctx.explanations.shape) != expected or tuple(ctx.targets.shape) != expected[:1]:
         raise DataError(
-            f"{name} needs explanations (n_test, n_train) = {expected}; got {tuple(ctx.explanations.shape)}"
+            f"{name} needs explanations (n_test, n_train) = {expected} and targets ({expected[0]},) "
+            f"(the original model's predictions); got {tuple(ctx.explanations.shape)} and "
+            f"{tuple(ctx.targets.shape)}"
         )
     if len(ctx.data.test) == 0:
         raise DataError(f"{name} needs at least one test point")

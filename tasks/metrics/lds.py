@@ -4,14 +4,19 @@ Metric 5 of DualXDA (Yolcu et al., arXiv 2402.12118; ../shared/reference/dualxda
 Park et al., "TRAK: Attributing Model Behavior at Scale" (ICML 2023)::
 
     S_1..S_m       m random subsets of the training set, each of size floor(alpha * N), alpha = 0.5
-    theta_k        a model retrained on S_k (the task's recipe, the run's seed)
+    theta_k        a model retrained on S_k (the task's recipe and the run's seed, for as many
+                   optimiser steps as the original model)
     g_j(S_k)     = sum_{i in S_k} A[j, i]                     attribution-predicted output
     f_j(theta_k) = log softmax(model_{theta_k}(x_j))[c_j]      c_j the ORIGINAL model's prediction
     LDS          = mean_j  Spearman_k( g_j(S_k), f_j(theta_k) )
 
 ``m`` is 100 in the paper preset. The counterfactual models come from the harness
 (``ctx.retrain``): cached by content hash and shared by every method of a grid, so the m models
-are trained once per (task, variant, training set, seed).
+are trained once per (task, variant, training set, seed). Training length: unless the ``epochs``
+option is set, each retrained model takes exactly as many optimiser steps as the original model
+(a subset of alpha = 50% then runs about twice its epochs), so the subsets differ in their data,
+not in how long their models were trained; with ``epochs`` set, each model is trained for exactly
+that many epochs.
 
 Computed by quanda 0.5.0's ``LinearDatamodelingMetric`` (subsets drawn by its own
 ``generate_subsets`` with ``torch.randperm`` under ``seed``; per-point Spearman by torchmetrics):
@@ -50,7 +55,10 @@ class LDSConfig(Config):
         "log_softmax",
         "retrained model's output: log-softmax of the predicted class (DualXDA) or the logit margin (TRAK)",
     )
-    epochs: int | None = option(None, "training epochs of the retrained models (None: the task's recipe)")
+    epochs: int | None = option(
+        None,
+        "training epochs of the retrained models (None: as many optimiser steps as the original model)",
+    )
 
     def __post_init__(self) -> None:
         require_positive_int(self.m, "m")
@@ -82,7 +90,7 @@ class LDS(Metric):
     """Mean Spearman correlation between summed attributions and retrained models' outputs."""
 
     Config = LDSConfig
-    version = "1"
+    version = "2"
     direction = "higher"
 
     config: LDSConfig
