@@ -13,22 +13,35 @@ Notation, paper -> code:
   representer theorem (their Theorem 3.1) is stated for ``Phi(x_i, Theta) = Theta f_i``; with a
   bias the decomposition would only cover ``W`` and leave the bias unexplained. So the surrogate
   is ``z(x) = W phi(x)``, initialised from ``model.classifier.weight`` (its bias is dropped) and
-  refit on the training labels ``y_i`` the model was TRAINED on by minimising (in float64)
+  refit by minimising (in float64)
 
-      L(W) = (1/N) sum_i CE(W phi_i, y_i) + lam ||W||_F^2 ,
+      L(W) = (1/N) sum_i CE(W phi_i, T_i) + lam ||W||_F^2 ,   CE(z, t) = logsumexp(z) - <t, z>,
 
   with ``lam`` = Yeh's ``lambda`` (config ``lam``; ``lambda`` is a Python keyword);
-- ``alpha_ij = -1/(2 lam N) dCE(z_i, y_i)/dz_ij = (softmax(z_i)_j - y_ij) / (-2 lam N)`` ->
-  ``alpha`` ``(n_train, k)``. Since ``grad L(W) = (1/N) sum_i (softmax(z_i) - y_i) phi_i^T + 2 lam W``,
+- the targets ``T`` ``(N, k)`` (config ``targets``): ``"model"`` (paper(), quick()) = the ORIGINAL
+  model's softmax outputs on the training features, ``T_i = softmax(model.classifier(phi_i))``
+  (with the classifier's bias), as the paper's reference code refits; ``"labels"`` = one-hot
+  training labels ``onehot(y_i)`` (Yeh et al.'s training loss);
+- ``alpha_ij = -1/(2 lam N) dCE(z_i, T_i)/dz_ij = (softmax(z_i)_j - T_ij) / (-2 lam N)`` ->
+  ``alpha`` ``(n_train, k)``. Since ``grad L(W) = (1/N) sum_i (softmax(z_i) - T_i) phi_i^T + 2 lam W``,
   at a stationary point ``W = sum_i alpha_i phi_i^T`` (the representer theorem), exactly; away from
   it ``||W - alpha^T Phi||_F = ||grad L(W)||_F / (2 lam)`` (diagnostic ``representer_residual``,
   relative to ``||W||_F``);
 - attribution of training point i for test input x and target class c (the model's PREDICTED
   class): ``a_i(x) = alpha_i^c <phi(x), phi(x_i)>``; summed over i it is ``W_c . phi(x)``, the
   surrogate's pre-softmax output for class c;
-- self-influence: the self-attribution ``a_i(x_i)`` with target ``y_i``, i.e.
-  ``alpha_i^{y_i} ||phi_i||^2 = (1 - softmax(z_i)_{y_i}) ||phi_i||^2 / (2 lam N) >= 0``: large for
-  training points the surrogate fits badly (mislabel detection ranks by it).
+- self-influence: the self-attribution ``a_i(x_i)`` with target ``y_i`` (the TRAINING label),
+  ``alpha_i^{y_i} ||phi_i||^2``, with the same ``alpha`` the attributions use, as the reference
+  code ranks by (its ``coefficients[i, labels[i]]`` times a feature norm): mislabel detection
+  then measures the explanations the method gives, like every other method's. What it ranks
+  depends on the targets. With ``"labels"`` it is ``(1 - softmax(z_i)_{y_i}) ||phi_i||^2 / (2 lam N)
+  >= 0``: large where the surrogate misfits the training label. With ``"model"`` it is
+  ``(T_{i y_i} - softmax(z_i)_{y_i}) ||phi_i||^2 / (2 lam N)``, of either sign: large where the
+  model fits the label better than the regularised surrogate does (labels the model memorised),
+  about 0 or negative where the model never fitted the label. So it finds flipped labels only
+  once the model fits them. Mislabel detection on MNIST corrupt (1,000 points, seed 0): with a
+  3-epoch model that fits 4.8% of the flipped labels 0.30 (model targets) vs 0.89 (labels);
+  with a 30-epoch model that fits all of them 0.73 vs 0.74.
 
 Solver. Full-batch gradient descent: every step moves along ``-grad L(W)``; the step length is
 found by Armijo backtracking (halving until ``L(W - t g) <= L(W) - c t ||g||^2``, ``c = 1e-4``).
@@ -78,6 +91,8 @@ log = logging.getLogger(__name__)
 ARMIJO_C = 1e-4
 #: Halvings of the trial step before a line search gives up (the step is then below 2^-60 of the trial).
 MAX_BACKTRACKS = 60
+#: What the surrogate can be refit to (config ``targets``); the first is the paper's.
+TARGETS: tuple[str, ...] = ("model", "labels")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +102,11 @@ class RepresenterConfig(Config):
     lam: float = option(3e-3, "L2 regularisation lambda of the softmax surrogate (paper: 3e-3)")
     epochs: int = option(3000, "most full-batch gradient steps of the surrogate's refit (paper: 3000)")
     tol: float = option(1e-10, "stop once the gradient's Frobenius norm is at most this (0: run all epochs)")
+    targets: str = option(
+        "model",
+        "what the surrogate is refit to: 'model' (the model's softmax outputs on the training features, "
+        "the paper's reference code) or 'labels' (one-hot training labels, Yeh et al.'s loss)",
+    )
     batch_size: int = option(512, "points per forward pass when computing features")
 
     def __post_init__(self) -> None:
@@ -102,10 +122,15 @@ class RepresenterConfig(Config):
             raise ConfigError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.targets not in TARGETS:
+            raise ConfigError(f"targets must be one of {list(TARGETS)}, got {self.targets!r}")
 
     @classmethod
     def paper(cls) -> RepresenterConfig:
-        """lambda 3e-3, up to 3000 epochs (the paper); stops early at a gradient norm of 1e-10."""
+        """lambda 3e-3, up to 3000 epochs, the model's softmax outputs as targets (the paper's code).
+
+        Stops early at a gradient norm of 1e-10.
+        """
         return cls()
 
     @classmethod
@@ -127,7 +152,7 @@ class SurrogateFit:
     Attributes
     ----------
     weights: (k, d) float64: the surrogate ``W``.
-    alpha: (n, k) float64: ``(softmax(phi W^T) - onehot(y)) / (-2 lam N)``.
+    alpha: (n, k) float64: ``(softmax(phi W^T) - T) / (-2 lam N)``, ``T`` the targets.
     epochs: gradient steps taken.
     grad_norm: ``||grad L(W)||_F`` at the returned ``W``.
     converged: ``grad_norm <= tol``.
@@ -147,18 +172,21 @@ class SurrogateFit:
 
 
 def fit_softmax_surrogate(
-    phi: Tensor, labels: Tensor, init: Tensor, *, lam: float, epochs: int, tol: float
+    phi: Tensor, targets: Tensor, init: Tensor, *, lam: float, epochs: int, tol: float
 ) -> SurrogateFit:
-    """Minimise ``(1/N) sum_i CE(W phi_i, y_i) + lam ||W||_F^2`` by gradient descent with Armijo backtracking.
+    """Minimise ``(1/N) sum_i CE(W phi_i, T_i) + lam ||W||_F^2`` by gradient descent with Armijo backtracking.
 
-    Runs in float64 on ``phi``'s device (see the module docstring for the step rule).
+    ``CE(z, t) = logsumexp(z) - <t, z>``: the cross-entropy against a target distribution ``t``
+    (a one-hot row gives the usual loss at a label). Runs in float64 on ``phi``'s device (see the
+    module docstring for the step rule).
 
     Parameters
     ----------
     phi:
         ``(N, d)`` features.
-    labels:
-        ``(N,)`` long class indices in ``0..k-1``.
+    targets:
+        ``(N, k)`` target distributions (non-negative rows summing to 1): the model's softmax
+        outputs, or one-hot labels.
     init:
         ``(k, d)`` starting ``W``.
     lam, epochs, tol:
@@ -170,18 +198,18 @@ def fit_softmax_surrogate(
     """
     phi = phi.to(torch.float64)
     n = phi.shape[0]
-    labels = labels.to(phi.device).long()
     w = init.to(device=phi.device, dtype=torch.float64).clone()
-    onehot = torch.nn.functional.one_hot(labels, w.shape[0]).to(torch.float64)
-    rows = labels[:, None]
+    t_mat = targets.to(device=phi.device, dtype=torch.float64)
+    if t_mat.shape != (n, w.shape[0]):
+        raise DataError(f"targets must have shape {(n, w.shape[0])}, got {tuple(t_mat.shape)}")
 
     def gradient(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits = phi @ w.T
         probs = torch.softmax(logits, dim=1)
-        return (probs - onehot).T @ phi / n + 2 * lam * w, logits, probs
+        return (probs - t_mat).T @ phi / n + 2 * lam * w, logits, probs
 
     def objective(logits: Tensor, w: Tensor) -> float:
-        ce = torch.logsumexp(logits, dim=1) - logits.gather(1, rows).squeeze(1)
+        ce = torch.logsumexp(logits, dim=1) - (t_mat * logits).sum(dim=1)
         return float(ce.mean() + lam * (w * w).sum())
 
     grad, logits, probs = gradient(w)
@@ -195,8 +223,8 @@ def fit_softmax_surrogate(
         for _ in range(MAX_BACKTRACKS):
             trials += 1
             dz = -t * u
-            # L(W - t g) - L(W), cancellation-free: CE_i changes by log(sum_j p_ij e^{dz_ij}) - dz_iy
-            d_ce = torch.log1p((probs * torch.expm1(dz)).sum(dim=1)) - dz.gather(1, rows).squeeze(1)
+            # L(W - t g) - L(W), cancellation-free: CE_i changes by log(sum_j p_ij e^{dz_ij}) - <T_i, dz_i>
+            d_ce = torch.log1p((probs * torch.expm1(dz)).sum(dim=1)) - (t_mat * dz).sum(dim=1)
             decrease = float(d_ce.mean()) + lam * (t * t * gg - 2 * t * wg)
             if math.isfinite(decrease) and decrease <= -ARMIJO_C * t * gg:
                 break
@@ -217,7 +245,7 @@ def fit_softmax_surrogate(
         step = bb if math.isfinite(bb) and bb > 0 else 2 * t  # next trial: Barzilai-Borwein step
         w, grad, steps = w_new, grad_new, steps + 1
         grad_norm = float(grad.norm())
-    alpha = (probs - onehot) / (-2 * lam * n)
+    alpha = (probs - t_mat) / (-2 * lam * n)
     return SurrogateFit(
         weights=w,
         alpha=alpha,
@@ -230,14 +258,44 @@ def fit_softmax_surrogate(
     )
 
 
+def surrogate_targets(model: nn.Module, phi: Tensor, labels: Tensor, kind: str, num_classes: int) -> Tensor:
+    """``(N, k)`` float64 CPU targets of the refit: the model's softmax outputs or one-hot labels.
+
+    Parameters
+    ----------
+    phi:
+        ``(N, d)`` training features, on the model's device.
+    labels:
+        ``(N,)`` long training labels (used for ``kind="labels"``).
+    kind:
+        ``"model"``: ``softmax(model.classifier(phi))`` (with the classifier's bias; the softmax in
+        float64); ``"labels"``: ``onehot(labels)``.
+    """
+    if kind == "labels":
+        return torch.nn.functional.one_hot(labels.cpu().long(), num_classes).to(torch.float64)
+    _, classifier = feature_split(model)
+    with torch.no_grad():
+        logits = classifier(phi).double().cpu()
+    if logits.shape != (phi.shape[0], num_classes):
+        raise DataError(
+            f"Representer Points: the classifier gives {tuple(logits.shape)} outputs on the features, "
+            f"expected {(phi.shape[0], num_classes)}"
+        )
+    return torch.softmax(logits, dim=1)
+
+
 class RepresenterPoints(Method):
     """Representer Points (Yeh et al. 2018): ``a_i(x) = alpha_i^c <phi(x), phi(x_i)>``."""
 
     Config = RepresenterConfig
-    version = "1"
+    version = "2"
     supports = frozenset({"cache", "self_influence", "feature_decomposition"})
     attributes_through = "last layer (surrogate of the classifier on penultimate features)"
-    self_influence_definition = "alpha_i^{y_i} ||phi_i||^2 (the self-attribution a_i(x_i) for class y_i)"
+    self_influence_definition = (
+        "alpha_i^{y_i} ||phi_i||^2, y_i the training label: the self-attribution a_i(x_i) with the alpha "
+        "the attributions use (the reference code's ranking); with the model's softmax outputs as "
+        "targets it is large where the model fits y_i better than the regularised surrogate"
+    )
 
     config: RepresenterConfig
 
@@ -279,7 +337,8 @@ class RepresenterPoints(Method):
             ``x`` ``(n_train, *input_shape)``; ``y`` ``(n_train,)`` the labels the model was trained on.
         cache:
             Stores alpha ``(n_train, k)``, the training features ``(n_train, d)`` float32, the
-            surrogate ``W`` ``(k, d)``, the labels and the refit's diagnostics.
+            surrogate ``W`` ``(k, d)``, the labels, the targets ``(n_train, k)`` and the refit's
+            diagnostics.
         """
         feature_split(model)  # CapabilityError before any work when the split is missing
         device = _model_device(model)
@@ -312,14 +371,17 @@ class RepresenterPoints(Method):
         init = _initial_weights(model, labels, phi.shape[1])
         # float64 is slow or missing on some accelerators (MPS): solve on the CPU there
         solve_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+        targets = surrogate_targets(model, phi, labels, cfg.targets, init.shape[0])
         log.info(
-            "representer: %d training features of dimension %d, %d classes; refitting with lam=%g",
+            "representer: %d training features of dimension %d, %d classes; refitting to the %s "
+            "targets with lam=%g",
             *phi.shape,
             init.shape[0],
+            cfg.targets,
             cfg.lam,
         )
         fit = fit_softmax_surrogate(
-            phi.to(solve_device), labels, init, lam=cfg.lam, epochs=cfg.epochs, tol=cfg.tol
+            phi.to(solve_device), targets, init, lam=cfg.lam, epochs=cfg.epochs, tol=cfg.tol
         )
         if not fit.converged:
             log.warning(
@@ -333,7 +395,11 @@ class RepresenterPoints(Method):
         weights, alpha = fit.weights.cpu(), fit.alpha.cpu()
         phi64 = phi.double().cpu()
         residual = float((weights - alpha.T @ phi64).norm()) / max(float(weights.norm()), 1e-300)
+        # how far the surrogate's softmax is from its targets: alpha is this gap, scaled by -1/(2 lam N)
+        target_gap = float((torch.softmax(phi64 @ weights.T, dim=1) - targets).abs().mean())
         meta = {
+            "targets": cfg.targets,
+            "target_mean_abs_error": target_gap,
             "n_train": len(train),
             "feature_dim": int(phi.shape[1]),
             "num_classes": int(weights.shape[0]),
@@ -352,6 +418,7 @@ class RepresenterPoints(Method):
                 "weights": weights.contiguous(),
                 "features": phi.cpu().contiguous(),
                 "labels": labels,
+                "targets": targets.contiguous(),
             },
             meta=meta,
         )
@@ -422,7 +489,7 @@ class RepresenterPoints(Method):
         return alpha[:, None] * phi * self.train_features_[index.to(self._device)].double()
 
     def self_influence(self) -> Tensor:
-        """``(n_train,)`` float32: ``alpha_i^{y_i} ||phi_i||^2``, the self-attribution."""
+        """``(n_train,)`` float32: ``alpha_i^{y_i} ||phi_i||^2``, the self-attribution (module docstring)."""
         self._require_fitted()
         assert self.alpha_ is not None and self.train_labels_ is not None and self.train_sq_norms_ is not None
         own = self.alpha_[torch.arange(len(self.train_labels_)), self.train_labels_]
