@@ -56,11 +56,19 @@ VARIANT_METRICS: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(VARIANT_METRICS)
 
-#: Paper settings that differ by dataset (DualXDA paper: LiSSA depth 6000 / 5000 / 3700 for MNIST /
-#: CIFAR-10 / AwA2; the LiSSA module's paper() preset holds MNIST's).
+#: Arnoldi's modules on AwA2: the paper's ``classifier`` and ``features.7.2.conv2`` (reference naming,
+#: ``features`` a Sequential of the ResNet's stages, so index 7 is ``layer4``); our ResNet wrapper
+#: (tasks/resnets.py) keeps torchvision's stage names, so the same convolution is ``features.layer4.2.conv2``.
+ARNOLDI_AWA2_LAYERS = ("classifier", "features.layer4.2.conv2")
+
+#: Paper settings that differ by dataset (DualXDA paper): LiSSA depth 6000 / 5000 / 3700 for MNIST /
+#: CIFAR-10 / AwA2 (the LiSSA module's paper() preset holds MNIST's); Arnoldi through all parameters on
+#: MNIST and CIFAR-10 (its paper() preset) but only the classifier and the last bottleneck's second
+#: convolution on AwA2.
 PAPER_DATASET_OVERRIDES: dict[tuple[str, str], tuple[tuple[str, object], ...]] = {
     ("lissa", "cifar10"): (("depth", 5000),),
     ("lissa", "awa2"): (("depth", 3700),),
+    ("arnoldi", "awa2"): (("layers", ARNOLDI_AWA2_LAYERS),),
 }
 DATASETS = ("mnist", "cifar10", "awa2")
 SCALING_SIZES = (600, 1000, 1500, 2000)  # from 600: TRAK's quick proj_dim 512 needs more points

@@ -6,7 +6,7 @@ import pytest
 
 from harness.config import ConfigError
 from harness.registry import METHODS
-from harness.suites import ALL_METHODS, SUITES, VARIANT_METRICS, SuiteOptions, get_suite
+from harness.suites import ALL_METHODS, ARNOLDI_AWA2_LAYERS, SUITES, VARIANT_METRICS, SuiteOptions, get_suite
 
 
 @pytest.mark.parametrize("name", sorted(SUITES))
@@ -50,6 +50,8 @@ def test_paper_suite_settings_and_options() -> None:
     assert {r.task.name for r in resolved} == {"mnist", "cifar10", "awa2"}
     depth = {r.task.name: r.method.config.depth for r in resolved if r.method.name == "lissa"}
     assert depth == {"mnist": 6000, "cifar10": 5000, "awa2": 3700}
+    layers = {(r.task.name, r.method.config.layers) for r in resolved if r.method.name == "arnoldi"}
+    assert layers == {("mnist", None), ("cifar10", None), ("awa2", ("classifier", "features.layer4.2.conv2"))}
     assert all(r.task.config.n_test == 2000 and r.task.config.n_train is None for r in resolved)
     assert {r.task.config.data_root for r in resolved if r.task.name != "mnist"} == {"/tmp"}
     small = get_suite(
@@ -70,3 +72,26 @@ def test_paper_suite_settings_and_options() -> None:
 def test_unknown_suite_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="choose one of"):
         get_suite("defualt")
+
+
+def test_arnoldi_awa2_layers_are_modules_of_the_awa2_resnet50(tmp_path) -> None:
+    """The paper's ``classifier`` + ``features.7.2.conv2`` exist, under our names, in the model the awa2
+    task builds (ResNet-50, from scratch; only classes.txt is read, no image)."""
+    from torch import nn
+
+    from harness.registry import TASKS
+    from methods.arnoldi import _check_layers
+    from tasks.awa2 import CLASSES_FILE, FOLDER, IMAGES
+
+    folder = tmp_path / FOLDER
+    (folder / IMAGES).mkdir(parents=True)
+    (folder / CLASSES_FILE).write_text("".join(f"{i + 1}\tclass{i}\n" for i in range(50)))
+    task_cls = TASKS.get("awa2")
+    task = task_cls(task_cls.Config.from_dict({"data_root": str(tmp_path), "pretrained": False}))
+    model = task.build_model()
+    modules = dict(model.named_modules())
+    assert isinstance(modules["classifier"], nn.Linear) and modules["classifier"].weight.shape == (50, 2048)
+    conv = modules["features.layer4.2.conv2"]  # the last bottleneck's 3x3 convolution
+    assert isinstance(conv, nn.Conv2d) and conv.weight.shape == (512, 512, 3, 3)
+    assert [n for n in modules if n.startswith("features.") and n.count(".") == 1][7] == "features.layer4"
+    assert _check_layers(model, ARNOLDI_AWA2_LAYERS) == list(ARNOLDI_AWA2_LAYERS)  # Arnoldi accepts them
