@@ -49,17 +49,17 @@ METHODS.add(
 METHODS.add(
     "tracin",
     "methods.tracin:TracIn",
-    "TracIn (Pruthi et al. 2020): lr-weighted projected loss-gradient products summed over checkpoints.",
+    "TracIn (Pruthi et al. 2020): lr-weighted projected loss-gradient products averaged over checkpoints.",
 )
 METHODS.add(
     "graddot",
     "methods.graddot:GradDot",
-    "GradDot: inner products of projected per-sample gradients of all parameters at the final model.",
+    "GradDot: projected train CE-loss gradient . unit test predicted-logit gradient, final model.",
 )
 METHODS.add(
     "gradcos",
     "methods.graddot:GradCos",
-    "GradCos: cosine of projected per-sample gradients of all parameters at the final model.",
+    "GradCos: cosine of projected train CE-loss and test predicted-logit gradients, final model.",
 )
 METHODS.add(
     "trak",
