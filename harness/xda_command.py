@@ -12,7 +12,9 @@ Loads the task and its cached model (:func:`harness.models.get_or_train_model`: 
 - ``<stem>.npz``: the inputs and heatmaps the figure is drawn from;
 - ``<stem>.png`` and ``<stem>.pdf``: the figure (:mod:`paper_figures.xda_figure`),
 
-with ``stem = <task>-<variant>-<method>-test<index>-<composite>``.
+with ``stem = <task>-<variant>-<method>-test<index>-<composite>`` (plus ``-biases`` with
+``--keep-biases``). The LRP rules treat the biases as zero unless ``--keep-biases`` is given; the
+record says which (``xda.biases_zeroed``).
 
 The mark case (``--mark`` = ``--variant mark``): the watermark region is read off the data
 (:func:`harness.xda.watermark_region` on the training images flagged in ``meta["marked"]``) and the
@@ -69,6 +71,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="EpsilonPlusFlat",
         help="zennit LRP composite: EpsilonPlusFlat (default), EpsilonPlus, EpsilonAlpha2Beta1Flat, "
         "EpsilonAlpha2Beta1, EpsilonGammaBox",
+    )
+    p.add_argument(
+        "--keep-biases",
+        action="store_true",
+        help="keep the layers' biases in the LRP rules (default: zeroed, zennit's zero_params='bias', as "
+        "the paper's code; the input relevance then sums to a_i)",
     )
     p.add_argument("--n-train", type=int, default=None, help="use the first N training points")
     p.add_argument("--n-test", type=int, default=None, help="keep the first N test points")
@@ -174,11 +182,14 @@ def run(args: argparse.Namespace) -> int:
         top=args.top,
         composite=composite,
         bounds=bounds,
+        zero_bias=not args.keep_biases,
         region=region,
         train_labels=data.train.y,
     )
 
     stem = f"{task.name}-{data.variant}-{method.name}-test{index}-{composite}"
+    if args.keep_biases:
+        stem += "-biases"
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     paths = {
@@ -343,6 +354,7 @@ def _report(record: dict[str, Any], paths: dict[str, str]) -> None:
         f"test #{test['index']}: true label {test['true_label']}, predicted {test['prediction']} "
         f"(logit {res['logit']:.4g}); composite {res['composite']}"
         + (f" with {', '.join(res['canonizers'])}" if res["canonizers"] else "")
+        + ("; biases zeroed" if res["biases_zeroed"] else "; biases kept")
     )
     for side in ("proponents", "opponents"):
         items = ", ".join(
