@@ -140,9 +140,10 @@ class MNISTConfig(TaskConfig):
     """Options of the MNIST task (see :class:`~harness.protocols.TaskConfig` for the common ones).
 
     The reference summary of the paper gives no training recipe for BasicConv; the defaults are ours
-    (Adam, lr 1e-3, batch 64, 4 epochs): 98.2% test accuracy on the full training set, about 30 s
-    per epoch on 2 CPU cores. ``paper()`` returns them. ``quick()`` (3 epochs at lr 3e-3) is meant
-    for small subsets: 95.5% test accuracy from the 6,000 points of the quick suite in about 9 s.
+    (Adam, lr 1e-3, batch 64, 4 epochs, a checkpoint every 2 epochs as the reference code's
+    ``save_each: 2``): 98.2% test accuracy on the full training set, about 30 s per epoch on 2 CPU
+    cores. ``paper()`` returns them. ``quick()`` is meant for subsets of a few thousand points and
+    trains until the training loss stops improving (see there).
     """
 
     epochs: int = option(4, "training epochs (the maximum when patience is set)")
@@ -180,16 +181,42 @@ class MNISTConfig(TaskConfig):
 
     @classmethod
     def paper(cls) -> MNISTConfig:
-        """Our full recipe (the paper's summary states none): the defaults."""
+        """Our full recipe (the paper's summary states none): the defaults, 4 epochs, no early stopping.
+
+        On 60,000 points 4 epochs are 3,752 optimiser steps, and a plateau of the training loss was
+        never measured at that size here (30 s per epoch on 2 cores): early stopping would make the
+        length of the full-data training an unmeasured guess, so this preset keeps the fixed count.
+        """
         return cls()
 
     @classmethod
     def quick(cls) -> MNISTConfig:
-        """3 epochs at lr 3e-3, for subsets of a few thousand points.
+        """Train to the training-loss plateau: at most 60 epochs at lr 3e-3 (Adam, batch 64), stopping
+        after 10 epochs without a loss decrease of more than 1e-3 nats below the best; a checkpoint
+        every 2 epochs and the final model.
 
-        Sizes are left to the suite and the command line (the quick suite uses ``n_train=6000``).
+        Measured at ``n_train=1000`` (seed 0, the harness' path, ``get_or_train_model``; test accuracy
+        on all 8,000 test points; mark: every test image is marked, so its test accuracy is low by
+        design)::
+
+            variant  epochs  steps  final loss  train acc  val acc  test acc  flipped fitted
+            std          27    432     4.2e-05      1.000    0.939     0.929               -
+            group        24    384     2.9e-05      1.000    0.934     0.924               -
+            corrupt      41    656     7.2e-05      1.000    0.708     0.698           1.000
+            mark         33    528     3.4e-05      1.000    0.453     0.450               -
+
+        Time: 7.4 / 5.7 / 9.5 / 6.4 s of CPU (one torch thread; there 26 / 23 / 38 / 25 epochs,
+        since the thread count changes the float sums and so the trajectory) on this project's
+        2-core machine; wall time grows with the load (55-150 s with four engineers sharing it).
+        The former quick() (3 epochs) gave 0.92 test accuracy on std and fitted 57% of the
+        corrupt model's training labels. Patience 5 stopped the corrupt and mark models on a
+        transient loss spike of Adam (final loss 0.04, 98.7% of flipped labels fitted); 10 rides
+        them out. lr 1e-3 plateaued more slowly (corrupt: 97% fitted after 34 epochs) with no
+        better test accuracy.
+
+        Sizes are left to the suite and the command line.
         """
-        return replace(cls(), epochs=50, lr=3e-3, patience=5, min_delta=1e-3, checkpoint_every=2)
+        return replace(cls(), epochs=60, lr=3e-3, patience=10, min_delta=1e-3, checkpoint_every=2)
 
 
 class MNISTTask(ImageTask):
