@@ -157,9 +157,10 @@ class Retrainer(Counterfactuals):
     """Counterfactual models of one run's task, data and seed (see the module docstring).
 
     The training length of a counterfactual model: with ``epochs`` given to :meth:`evaluate`, the
-    task's recipe for exactly that many epochs (early stopping off); without, exactly as many optimiser steps
-    as the full model took (``full_steps``), set through the task config's ``steps`` option. A task
-    whose config has no ``steps`` option keeps its own recipe (with a warning).
+    task's recipe for exactly that many epochs (early stopping off); without, exactly as many
+    optimiser steps as the full model took (``full_steps``), set through the task config's
+    ``steps`` option. A task whose config has no ``steps`` option keeps its own recipe (with a
+    warning).
 
     Parameters
     ----------
@@ -277,7 +278,9 @@ class Retrainer(Counterfactuals):
             purpose,
             len(subsets),
             len(missing),
-            f"{epochs} epochs each" if steps is None else f"{steps} optimiser steps each (as the full model)",
+            f"{steps} optimiser steps each (as the full model)"
+            if steps is not None
+            else (f"{epochs} epochs each" if epochs is not None else "the task's own recipe"),
         )
         return results
 
