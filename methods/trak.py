@@ -199,6 +199,10 @@ class TRAK(Method):
         }
 
     # ----- lifecycle --------------------------------------------------------------------------
+    def warm_up(self, device: torch.device) -> None:
+        """Import traker (seconds on the first import in a process: not the method's cost)."""
+        import trak  # noqa: F401
+
     def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
         """Featurize the training set with traker (or read its features from the cache).
 

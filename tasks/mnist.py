@@ -40,8 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import ConfigError, option
-from harness.protocols import DataError, Split, TaskConfig, TaskData, TrainedModel
-from tasks.image_task import ImageTask, check_size
+from harness.protocols import DataError, Split, TaskData, TrainedModel
+from tasks.image_task import ImageTask, ImageTaskConfig, check_size
 from tasks.models import BasicConv
 from tasks.training import OPTIMIZERS, OptimizerName, check_recipe, train_task_model
 
@@ -136,8 +136,8 @@ def normalise(x: Tensor) -> Tensor:
 # Task
 # =============================================================================================
 @dataclass(frozen=True, kw_only=True)
-class MNISTConfig(TaskConfig):
-    """Options of the MNIST task (see :class:`~harness.protocols.TaskConfig` for the common ones).
+class MNISTConfig(ImageTaskConfig):
+    """Options of the MNIST task (see :class:`~tasks.image_task.ImageTaskConfig` for the common ones).
 
     The reference summary of the paper gives no training recipe for BasicConv; the defaults are ours
     (Adam, lr 1e-3, batch 64, 4 epochs, a checkpoint every 2 epochs as the reference code's

@@ -51,7 +51,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import ConfigError, option
-from harness.protocols import Checkpoint, DataError, TaskConfig, TaskData, TrainedModel
+from harness.protocols import Checkpoint, DataError, TaskData, TrainedModel
+from tasks.image_task import ImageTaskConfig
 from tasks.training import OPTIMIZERS, OptimizerName, accuracy, train_classifier
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def _compare_keys(path: str, state: dict[str, Tensor], expected: dict[str, tuple
 # Training recipe
 # =============================================================================================
 @dataclass(frozen=True, kw_only=True)
-class ResNetTaskConfig(TaskConfig):
+class ResNetTaskConfig(ImageTaskConfig):
     """Training options shared by the CIFAR-10 and AwA2 tasks (on top of the common task options).
 
     Subclasses set the defaults and presets; :func:`train_resnet` follows them.

@@ -166,3 +166,16 @@ def test_mnist_group_corrupt_and_mark() -> None:
     assert torch.allclose(mark.test.x[:, 0][:, mask], torch.tensor(white))
     assert torch.allclose(mark.train.x[marked][:, 0][:, mask], torch.tensor(white))
     assert torch.equal(mark.train.x[~marked], std.train.x[~marked])
+
+
+def test_mnist_corrupt_rate_option_reaches_the_variant() -> None:
+    """`--task-option corrupt_rate=0.048` (the reference's CIFAR-10 share) flips that share; a bad rate
+    is a one-line error."""
+    low = _mnist("corrupt", n_train=5000, n_test=10, corrupt_rate=0.048).load()
+    assert abs(low.train.meta["flipped"].double().mean().item() - 0.048) < 0.012
+    default = _mnist("corrupt", n_train=5000, n_test=10).load()
+    assert abs(default.train.meta["flipped"].double().mean().item() - 0.3) < 0.03
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="corrupt_rate"):
+        _mnist("corrupt", n_train=50, n_test=10, corrupt_rate=1.5).load()
