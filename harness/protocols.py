@@ -304,7 +304,7 @@ def training_checkpoints(model: nn.Module) -> list[Checkpoint]:
     ------
     CapabilityError
         When the model carries none: the task's ``train_model`` must return them
-        (``TrainedModel(checkpoints=...)``; :func:`tasks.training.checkpoint_keeper` builds them).
+        (``TrainedModel(checkpoints=...)``; :func:`tasks.training.train_task_model` keeps them).
     """
     checkpoints = getattr(model, CHECKPOINTS_ATTR, None)
     if not checkpoints:
@@ -393,7 +393,8 @@ class Counterfactuals(ABC):
         purpose:
             Shown on the progress bar ("lds", "coreset_selection", ...).
         epochs:
-            Training epochs instead of the task's own (None: the task's recipe unchanged).
+            Training epochs instead of the task's own (None: as many optimiser steps as the full
+            model, through the task's ``steps`` option).
         """
 
 
