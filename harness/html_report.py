@@ -170,7 +170,13 @@ def render_html(report: Report) -> str:
 
     runs = report.runs
     machine, packages, commits = environment_frames(runs.records)
-    sections = [("speedup", "Speed-up"), ("metrics", "Metrics"), ("ranks", "Ranks"), ("sparsity", "Sparsity")]
+    sections = [
+        ("speedup", "Speed-up"),
+        ("metrics", "Metrics"),
+        ("ranks", "Ranks"),
+        ("sparsity", "Sparsity"),
+        ("models", "Models"),
+    ]
     toc = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in sections)
     toc += '<li><a href="#figures">Figures</a></li><li><a href="#summary">All runs</a></li>'
     toc += '<li><a href="#environment">Environment and commits</a></li>'

@@ -16,6 +16,9 @@ setting, numbers to 4 significant digits):
     Per-metric ranks and their average over the paper's seven metrics; see :func:`rank_table`.
 ``sparsity``
     l0_eps, Hoyer and the support size per method (per DualDA C); see :func:`sparsity_table`.
+``models``
+    The trained model of each variant: epochs, steps, final training loss, train / validation / test
+    accuracy and (corrupt) the share of flipped labels it fits; see :func:`models_table`.
 
 A *setting* is one (task, training-set size, test-set size, task configuration apart from the
 variant): the four variants of one setting are joined by method label. Metric values and times are means
@@ -141,6 +144,7 @@ def load_runs(records_dir: str | Path) -> Runs:
                 "details": {n: e.get("details") or {} for n, e in metrics.items()},
                 "sparsity": rec.get("sparsity"),
                 "diagnostics": rec.get("diagnostics") or {},
+                "model": task.get("model") or {},
                 "git": rec.get("git") or {},
                 "environment": rec.get("environment") or {},
                 "created_utc": rec.get("created_utc"),
@@ -694,6 +698,87 @@ def sparsity_table(runs: Runs) -> Table:
     )
 
 
+def models_table(runs: Runs) -> Table:
+    """The model each variant's runs explain, one row per (setting, variant, seed, model key).
+
+    From the record's ``task.model`` block: ``epochs`` (run; fewer than the maximum when training
+    stopped early on the training loss), ``steps`` (optimiser steps: the counterfactual models of the
+    retraining metrics get as many), ``final_loss`` (mean training loss of the last epoch),
+    ``train_accuracy`` (the final model, eval mode, on the training labels it was trained on),
+    ``val_accuracy``, ``test_accuracy`` (on the explained test points, against their true labels; all
+    test images are watermarked in ``mark``, so it is low by design there) and, for ``corrupt``,
+    ``flipped_fitted`` / ``clean_fitted``: the shares of flipped and clean training points the model
+    predicts as their (possibly flipped) training label. ``n_runs``: records that used the model.
+    """
+    import pandas as pd
+
+    columns = [
+        "variant",
+        "seed",
+        "epochs",
+        "steps",
+        "final_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "test_accuracy",
+        "flipped_fitted",
+        "clean_fitted",
+        "n_runs",
+    ]
+    rows = []
+    frame = runs.frame
+    if not frame.empty:
+        keys = [
+            (row["setting"], row["variant"], row["seed"], row["model"].get("key"))
+            for _, row in frame.iterrows()
+        ]
+        frame = frame.assign(_model_key=keys)
+        for _, group in frame.groupby("_model_key", sort=False):
+            first = group.iloc[0]
+            model, history = first["model"], first["model"].get("history") or {}
+            losses = history.get("loss") or []
+            rows.append(
+                {
+                    **setting_columns(first),
+                    "variant": first["variant"],
+                    "seed": first["seed"],
+                    "epochs": _number(history.get("epochs_run", len(losses) or math.nan)),
+                    "steps": _number(history.get("steps")),
+                    "final_loss": _number(losses[-1]) if losses else math.nan,
+                    "train_accuracy": _number(history.get("train_accuracy_final")),
+                    "val_accuracy": _number(history.get("val_accuracy")),
+                    "test_accuracy": _number(model.get("test_accuracy")),
+                    "flipped_fitted": _number(history.get("flipped_fitted")),
+                    "clean_fitted": _number(history.get("clean_fitted")),
+                    "n_runs": len(group),
+                }
+            )
+    numbers = pd.DataFrame(rows, columns=[*SETTING_COLUMNS, *columns])
+    if not numbers.empty:
+        order = {v: i for i, v in enumerate((STD, "group", "corrupt", "mark"))}
+        numbers = numbers.assign(_v=numbers["variant"].map(lambda v: order.get(v, len(order))))
+        numbers = numbers.sort_values(["task", "n_train", "n_test", "setting", "_v", "variant", "seed"])
+        numbers = numbers.drop(columns="_v").reset_index(drop=True)
+    display = _display(
+        numbers,
+        {
+            "n_train": "int",
+            "seed": "int",
+            "epochs": "int",
+            "steps": "int",
+            "n_runs": "int",
+            "final_loss": ".2g",
+        },
+    )
+    return Table(
+        "models",
+        "The trained models: training length and how well they fit",
+        numbers,
+        display,
+        _doc_definition(models_table),
+    )
+
+
 def merge_notes(notes: Sequence[tuple[str, str]]) -> list[str]:
     """``(setting, message)`` pairs as one line per message, listing its settings (first-seen order)."""
     merged: dict[str, list[str]] = {}
@@ -891,9 +976,15 @@ class Report:
 
 
 def derive_tables(runs: Runs) -> list[Table]:
-    """The speed-up, metric, rank and sparsity tables of ``runs``."""
+    """The speed-up, metric, rank, sparsity and model tables of ``runs``."""
     values = metric_values(runs)
-    return [speedup_table(runs), metric_table(runs, values), rank_table(runs, values), sparsity_table(runs)]
+    return [
+        speedup_table(runs),
+        metric_table(runs, values),
+        rank_table(runs, values),
+        sparsity_table(runs),
+        models_table(runs),
+    ]
 
 
 def _records_dir(results_dir: Path) -> Path:
@@ -977,7 +1068,7 @@ def build_report(
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path, str]:
-    """Write every table (``summary``, ``speedup``, ``metrics``, ``ranks``, ``sparsity``; CSV,
+    """Write every table (``summary``, ``speedup``, ``metrics``, ``ranks``, ``sparsity``, ``models``; CSV,
     Markdown, LaTeX) under ``out_dir`` (default ``<results>/tables``), no figures.
 
     Returns the paths of ``summary.csv`` and ``summary.md`` and the summary's Markdown.

@@ -40,6 +40,8 @@ TIMES = {
     "lissa": [(None, 0.5, 0.02)],
     "random": [(0.1, 0.01, 0.05e-3), (0.3, 0.01, 0.15e-3)],
 }
+WARMUP = {"dualda": 0.75, "lissa": 2.5}  # one-off process costs: in the notes, never in cache_s
+BATCH = {"lissa": 5}  # LiSSA's explain batch (the paper's); the others the harness' 8
 SUBCLASS = {"dualda": 0.6, "lissa": 0.6, "random": 0.1}  # group variant; the others have none
 MISLABEL = {"dualda": 0.55, "lissa": 0.95}  # corrupt variant; random's failed
 SIZES = (48, 96, 192, 384)  # std records for the scaling figure: lissa grows like n, dualda like sqrt(n)
@@ -74,6 +76,8 @@ def _synthetic(template: dict, label: str, *, variant: str, seed: int = 0, n_tra
     rec["timings"]["explain"].update(
         per_point_median_s=per_point, n_points=24, n_test_total=24, extrapolated=False
     )
+    rec["timings"]["warmup_s"] = WARMUP.get(label, 0.0)
+    rec["timings"]["explain"]["batch_size"] = BATCH.get(label, 8)
     return rec
 
 
@@ -170,6 +174,9 @@ def test_speedup_table_against_hand_computed_totals(report: Report) -> None:
         assert rows[label]["extrapolated"]  # 24 points explained, the total is for 2,000
         assert rows[label]["n_explained"] == 24
     assert rows["lissa"]["cache_from"] == "warm" and rows["dualda"]["cache_from"] == "cold"
+    assert rows["lissa"]["explain_batch"] == 5 and rows["dualda"]["explain_batch"] == 8
+    warm_note = next(n for n in report.table("speedup").notes if "one-off process costs" in n)
+    assert "lissa 2.5 s" in warm_note and "dualda 0.75 s" in warm_note and "random" not in warm_note
     assert rows["random"]["n_seeds"] == 2 and rows["random"]["cache_s"] == pytest.approx(0.2)
     # the paper's Figure 1 on MNIST: LiSSA 1.06e6 s, DualDA C=1e-3 10.6 s, C=1e-5 10.5 s
     assert rows["lissa"]["paper_total_s"] == 1.06e6
@@ -254,9 +261,29 @@ def test_sparsity_table(report: Report) -> None:
     assert toy["support_share"].between(0, 1).all() and toy["l0_eps"].between(0, 1).all()
 
 
+def test_models_table_has_one_row_per_trained_model(report: Report) -> None:
+    """Every record of one variant and seed shares the model; its fit comes from the record."""
+    table = report.table("models").frame
+    toy = table[table["task"] == "toy"]
+    assert len(toy) == 1 and toy.iloc[0]["n_runs"] == 5  # five methods explained one model
+    real = next(r for r in report.runs.records if r["task"]["name"] == "toy")
+    history = real["task"]["model"]["history"]
+    assert toy.iloc[0]["train_accuracy"] == pytest.approx(history["train_accuracy_final"])
+    assert toy.iloc[0]["test_accuracy"] == pytest.approx(real["task"]["model"]["test_accuracy"])
+    assert toy.iloc[0]["epochs"] == history["epochs_run"] and toy.iloc[0]["steps"] == history["steps"]
+    mnist = table[(table["task"] == "mnist") & (table["n_train"] == 48)]
+    # std: seeds 0 and 1 (random ran both), group, corrupt: one row each, std first
+    assert list(zip(mnist["variant"], mnist["seed"], strict=True)) == [
+        ("std", 0),
+        ("std", 1),
+        ("group", 0),
+        ("corrupt", 0),
+    ]
+
+
 def test_every_table_is_written_as_csv_markdown_and_latex(report: Report) -> None:
     tables = report.table_paths[0].parent
-    for name in ("summary", "speedup", "metrics", "ranks", "sparsity"):
+    for name in ("summary", "speedup", "metrics", "ranks", "sparsity", "models"):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     tex = (tables / "metrics.tex").read_text()
