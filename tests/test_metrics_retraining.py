@@ -180,6 +180,10 @@ def test_coreset_and_pruning_retrain_on_the_top_and_bottom_shares(tmp_path: Path
         assert result.details["accuracy_true_labels"] == pytest.approx(acc_true)
         assert result.details["mean_accuracy"] == pytest.approx(np.mean(acc))
         assert result.details["sizes"] == [3, 15, 30]
+        labels = ctx.data.train.y
+        k = int(max(labels.max(), ctx.targets.max())) + 1
+        expected_counts = [np.bincount(labels[order[:m]].numpy(), minlength=k).tolist() for m in (3, 15, 30)]
+        assert result.details["class_counts"] == expected_counts  # classes of each retained share
         assert known.epochs == [None]  # the retraining service picks the length (the full model's steps)
     assert importance_order(explanations, descending=True)[:4].tolist() == top[:4].tolist()
 

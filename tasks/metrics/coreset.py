@@ -106,7 +106,9 @@ class _RetrainCurve(Metric):
             ``ctx.targets``; ``details``: ``fractions``, ``sizes``, and per fraction (the curve)
             ``cross_entropy`` and ``accuracy`` (both against ``ctx.targets``) and
             ``accuracy_true_labels`` (against ``data.test.y``); ``mean_accuracy`` and
-            ``mean_accuracy_true_labels`` over the fractions.
+            ``mean_accuracy_true_labels`` over the fractions; ``class_counts``: per fraction, the
+            number of retained training points of each class (training labels), the evidence when a
+            class-imbalanced share loses to a class-balanced random one.
         """
         explanations = _checked(ctx, self.name)
         if ctx.retrain is None:
@@ -123,6 +125,11 @@ class _RetrainCurve(Metric):
         results = ctx.retrain.evaluate(
             [order[:size] for size in sizes], evaluate, purpose=self.name, epochs=self.config.epochs
         )
+        labels = ctx.data.train.y.detach().cpu().long()
+        num_classes = max(int(labels.max()) + 1, int(targets.max()) + 1) if len(labels) else 0
+        class_counts = [
+            torch.bincount(labels[order[:size]], minlength=num_classes).tolist() for size in sizes
+        ]
         losses = [float(r[0]) for r in results]
         accuracies = [float(r[1]) for r in results]
         true_accuracies = [float(r[2]) for r in results]
@@ -136,6 +143,7 @@ class _RetrainCurve(Metric):
                 "accuracy_true_labels": true_accuracies,
                 "mean_accuracy": sum(accuracies) / len(accuracies),
                 "mean_accuracy_true_labels": sum(true_accuracies) / len(true_accuracies),
+                "class_counts": class_counts,
             },
         )
 
