@@ -54,7 +54,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="repeats after the first pass over all test points time only the first N (default: all)",
+        help="repeats after the first pass over all test points time only the first N, rounded up to whole "
+        "explain batches (default: all)",
     )
     parser.add_argument(
         "--explain-limit",
