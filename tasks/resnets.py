@@ -31,8 +31,8 @@ a torchvision-format ``state_dict`` such as ``resnet50-0676ba61.pth`` (``IMAGENE
 with internet. They are loaded into torchvision's ResNet-50 *before* conv1 and fc are replaced, so
 those two layers are fresh and all other layers (batch norms included) are ImageNet's.
 
-The shared training recipe (:class:`ResNetTaskConfig`, :func:`train_resnet`) is the plain mini-batch
-loop of :func:`tasks.training.train_classifier` (no augmentation, constant learning rate); the
+The shared training options (:class:`ResNetTaskConfig`) feed the one training loop of every task,
+:func:`tasks.training.train_task_model` (no augmentation, constant learning rate); the
 recipes' numbers are ours, the paper's summary states none. A checkpoint (for TracIn) is kept every
 ``checkpoint_every`` epochs and after the last one: a ResNet-18 checkpoint takes about 45 MB, a
 ResNet-50 one about 100 MB, in memory and in the model cache.
@@ -45,15 +45,14 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from harness.config import ConfigError, option
-from harness.protocols import Checkpoint, DataError, TaskData, TrainedModel
+from harness.protocols import DataError
 from tasks.image_task import ImageTaskConfig
-from tasks.training import OPTIMIZERS, OptimizerName, accuracy, train_classifier
+from tasks.training import OPTIMIZERS, OptimizerName
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +261,7 @@ def _compare_keys(path: str, state: dict[str, Tensor], expected: dict[str, tuple
 class ResNetTaskConfig(ImageTaskConfig):
     """Training options shared by the CIFAR-10 and AwA2 tasks (on top of the common task options).
 
-    Subclasses set the defaults and presets; :func:`train_resnet` follows them.
+    Subclasses set the defaults and presets; :func:`tasks.training.train_task_model` follows them.
     """
 
     epochs: int = option(30, "training epochs")
@@ -290,40 +289,3 @@ class ResNetTaskConfig(ImageTaskConfig):
             raise ConfigError(f"{name}: lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"{name}: optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-
-
-def train_resnet(
-    model: nn.Module, data: TaskData, config: ResNetTaskConfig, *, device: torch.device, label: str
-) -> TrainedModel:
-    """Train ``model`` on ``data.train`` with ``config``'s recipe; keep the configured checkpoints.
-
-    The order of the training points is drawn from torch's global generator (which the harness
-    seeded with the run seed). ``history["val_accuracy"]`` is the accuracy on ``data.val``.
-    """
-    generator_seed = int(torch.randint(0, 2**62, ()).item())
-    checkpoints: list[Checkpoint] = []
-
-    def keep(epoch: int, trained: nn.Module) -> None:
-        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-            state = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
-            checkpoints.append(Checkpoint(epoch=epoch, lr=config.lr, state=state))
-
-    history: dict[str, Any] = train_classifier(
-        model,
-        data.train.x,
-        data.train.y,
-        epochs=config.epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        weight_decay=config.weight_decay,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        device=device,
-        generator_seed=generator_seed,
-        progress_desc=label,
-        on_epoch_end=keep,
-    )
-    history["checkpoint_epochs"] = [c.epoch for c in checkpoints]
-    history["val_accuracy"] = accuracy(model, data.val.x, data.val.y, batch_size=config.batch_size)
-    log.info("%s: validation accuracy %.4f", label, history["val_accuracy"])
-    return TrainedModel(model=model, history=history, checkpoints=checkpoints)
