@@ -358,17 +358,6 @@ class AwA2Config(ResNetTaskConfig):
     optimizer: OptimizerName = option("sgd", "optimizer: sgd or adam")
     momentum: float = option(0.9, "momentum of SGD (unused by adam)")
     weight_decay: float = option(1e-4, "weight decay (L2) of the optimizer")
-    patience: int | None = option(
-        None,
-        "early stopping: end after this many epochs without the training loss falling by more than "
-        "min_delta below its best (None: train all epochs)",
-    )
-    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
-    steps: int | None = option(
-        None,
-        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
-        "sets it for counterfactual models)",
-    )
     checkpoint_every: int = option(2, "keep a checkpoint (for TracIn) every N epochs and after the last")
     n_val: int = option(N_VAL, "validation images drawn from the held-out images (the rest: test split)")
     image_size: int = option(224, "images are resized and centre-cropped to image_size x image_size")

@@ -263,17 +263,6 @@ class CIFAR10Config(ResNetTaskConfig):
     optimizer: OptimizerName = option("sgd", "optimizer: sgd or adam")
     momentum: float = option(0.9, "momentum of SGD (unused by adam)")
     weight_decay: float = option(5e-4, "weight decay (L2) of the optimizer")
-    patience: int | None = option(
-        None,
-        "early stopping: end after this many epochs without the training loss falling by more than "
-        "min_delta below its best (None: train all epochs)",
-    )
-    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
-    steps: int | None = option(
-        None,
-        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
-        "sets it for counterfactual models)",
-    )
     checkpoint_every: int = option(5, "keep a checkpoint (for TracIn) every N epochs and after the last")
     n_val: int = option(N_VAL, "validation images drawn from test_batch (the rest are the test split)")
 

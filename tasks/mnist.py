@@ -43,7 +43,7 @@ from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, TaskData, TrainedModel
 from tasks.image_task import ImageTask, ImageTaskConfig, check_size
 from tasks.models import BasicConv
-from tasks.training import OPTIMIZERS, OptimizerName, check_recipe, train_task_model
+from tasks.training import OPTIMIZERS, OptimizerName, StoppingOptions, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def normalise(x: Tensor) -> Tensor:
 # Task
 # =============================================================================================
 @dataclass(frozen=True, kw_only=True)
-class MNISTConfig(ImageTaskConfig):
+class MNISTConfig(ImageTaskConfig, StoppingOptions):
     """Options of the MNIST task (see :class:`~tasks.image_task.ImageTaskConfig` for the common ones).
 
     The reference summary of the paper gives no training recipe for BasicConv; the defaults are ours
@@ -152,17 +152,6 @@ class MNISTConfig(ImageTaskConfig):
     optimizer: OptimizerName = option("adam", "optimizer: adam or sgd")
     momentum: float = option(0.9, "momentum of SGD (unused by adam)")
     weight_decay: float = option(0.0, "weight decay (L2) of the optimizer")
-    patience: int | None = option(
-        None,
-        "early stopping: end after this many epochs without the training loss falling by more than "
-        "min_delta below its best (None: train all epochs)",
-    )
-    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
-    steps: int | None = option(
-        None,
-        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
-        "sets it for counterfactual models)",
-    )
     checkpoint_every: int = option(
         2, "keep a checkpoint (for TracIn) every N epochs and the final model (reference code: 2)"
     )

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from harness.config import ConfigError, option
 from harness.protocols import DataError
 from tasks.image_task import ImageTaskConfig
-from tasks.training import OPTIMIZERS, OptimizerName
+from tasks.training import OPTIMIZERS, OptimizerName, StoppingOptions
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def _compare_keys(path: str, state: dict[str, Tensor], expected: dict[str, tuple
 # Training recipe
 # =============================================================================================
 @dataclass(frozen=True, kw_only=True)
-class ResNetTaskConfig(ImageTaskConfig):
+class ResNetTaskConfig(ImageTaskConfig, StoppingOptions):
     """Training options shared by the CIFAR-10 and AwA2 tasks (on top of the common task options).
 
     Subclasses set the defaults and presets; :func:`tasks.training.train_task_model` follows them.

@@ -22,13 +22,13 @@ from torch import nn
 from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, Task, TaskConfig, TaskData, TrainedModel
 from tasks.models import TinyMLP
-from tasks.training import OPTIMIZERS, OptimizerName, check_recipe, train_task_model
+from tasks.training import OPTIMIZERS, OptimizerName, StoppingOptions, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ToyConfig(TaskConfig):
+class ToyConfig(TaskConfig, StoppingOptions):
     """Options of the toy task (see :class:`~harness.protocols.TaskConfig` for the common ones)."""
 
     n_points_train: int = option(48, "number of generated training points")
@@ -44,17 +44,6 @@ class ToyConfig(TaskConfig):
     optimizer: OptimizerName = option("adam", "optimizer: adam or sgd")
     momentum: float = option(0.0, "momentum of SGD (unused by adam)")
     weight_decay: float = option(0.0, "weight decay (L2) of the optimizer")
-    patience: int | None = option(
-        None,
-        "early stopping: end after this many epochs without the training loss falling by more than "
-        "min_delta below its best (None: train all epochs)",
-    )
-    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
-    steps: int | None = option(
-        None,
-        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
-        "sets it for counterfactual models)",
-    )
     checkpoint_every: int = option(1, "keep a checkpoint (for TracIn) every N epochs and the final model")
     data_seed: int = option(0, "seed of the generated data (independent of the run seed)")
 

@@ -16,19 +16,41 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.config import ConfigError
+from harness.config import Config, ConfigError, option
 from harness.protocols import Checkpoint, TaskData, TrainedModel
 
 log = logging.getLogger(__name__)
 
 OptimizerName = Literal["adam", "sgd"]
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoppingOptions(Config):
+    """How long a task's model trains, beyond its ``epochs``: early stopping and an exact step budget.
+
+    Every task config inherits these (:func:`check_recipe` checks them); the defaults train all
+    ``epochs`` epochs.
+    """
+
+    patience: int | None = option(
+        None,
+        "early stopping: end after this many epochs without the training loss falling by more than "
+        "min_delta below its best (None: train all epochs)",
+    )
+    min_delta: float = option(1e-3, "early stopping: the smallest training-loss decrease (nats) that counts")
+    steps: int | None = option(
+        None,
+        "train for exactly this many optimiser steps (overrides epochs and early stopping; the harness "
+        "sets it for counterfactual models)",
+    )
 
 
 def make_optimizer(

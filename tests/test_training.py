@@ -208,6 +208,6 @@ def test_task_configs_default_to_no_step_budget(config_cls: Any) -> None:
 
 def test_mnist_quick_trains_to_the_plateau_and_paper_keeps_the_full_data_recipe() -> None:
     quick, paper = MNISTConfig.quick(), MNISTConfig.paper()
-    assert quick.patience == 10 and quick.epochs == 60  # early stopping, epochs a maximum
+    assert quick.patience == 3 and quick.min_delta == 0.01 and quick.epochs == 60  # epochs: a maximum
     assert paper.patience is None and paper.epochs == 4
     assert paper.checkpoint_every == quick.checkpoint_every == 2  # the reference code's save_each
