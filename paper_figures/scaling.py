@@ -48,15 +48,18 @@ def scaling_frame(runs: Runs) -> pd.DataFrame:
             columns=["task", "method", "method_name", "n_train", "explain_ms_per_point", "cache_s"]
         )
     std = frame[frame["variant"] == "std"].copy()
-    std["cache_s"] = std["fit_cold_s"].where(std["fit_cold_s"].notna(), std["fit_warm_s"])
     std["explain_ms_per_point"] = 1e3 * std["explain_s_per_point"]
     grouped = std.groupby(["task", "method", "n_train"], sort=True)
     out = grouped.agg(
         method_name=("method_name", "first"),
         explain_ms_per_point=("explain_ms_per_point", "mean"),
-        cache_s=("cache_s", "mean"),
+        cold=("fit_cold_s", "mean"),  # NaN-skipping: the cold fits of the group's records
+        warm=("fit_warm_s", "mean"),
     )
-    return out.reset_index()
+    # Cold fits where any record of the size measured one, never averaged with another record's
+    # warm (cache-hit) fit; warm only where no record of that size was cold.
+    out["cache_s"] = out["cold"].where(out["cold"].notna(), out["warm"])
+    return out.drop(columns=["cold", "warm"]).reset_index()
 
 
 def growth_exponents(runs: Runs, column: str = "explain_ms_per_point") -> dict[tuple[str, str], float]:

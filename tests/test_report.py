@@ -348,6 +348,34 @@ def test_scaling_growth_exponents_and_missing_sizes(report: Report) -> None:
     assert "scaling (mnist): the scaling suite has not been run" not in missing
 
 
+def test_scaling_cache_time_never_averages_a_cold_fit_with_a_cache_hit() -> None:
+    """Two records of one size: one measured a cold fit (3 s), the other hit the cache (0.01 s warm):
+    the figure's cache time is the cold 3 s, not their mean."""
+    import pandas as pd
+
+    from harness.report import Runs
+    from paper_figures.scaling import scaling_frame
+
+    base = {"task": "mnist", "variant": "std", "method": "arnoldi", "method_name": "arnoldi", "n_train": 1000}
+    frame = pd.DataFrame(
+        [
+            {**base, "fit_cold_s": 3.0, "fit_warm_s": 0.02, "explain_s_per_point": 0.002},
+            {**base, "fit_cold_s": math.nan, "fit_warm_s": 0.01, "explain_s_per_point": 0.004},
+            {
+                **base,
+                "n_train": 2000,
+                "fit_cold_s": math.nan,
+                "fit_warm_s": 0.5,
+                "explain_s_per_point": 0.004,
+            },
+        ]
+    )
+    table = scaling_frame(Runs(frame=frame, records=[])).set_index("n_train")
+    assert table.loc[1000, "cache_s"] == pytest.approx(3.0)
+    assert table.loc[2000, "cache_s"] == pytest.approx(0.5)  # no cold fit at that size: the warm one
+    assert table.loc[1000, "explain_ms_per_point"] == pytest.approx(3.0)
+
+
 # --- the HTML page in headless Chromium --------------------------------------------------------
 PROBE = """<script>
 window.addEventListener("load", function () {
