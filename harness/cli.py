@@ -417,6 +417,18 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return status
 
 
+def _print_verdicts(report: Any) -> None:
+    """The metric-health flags and the paper-agreement verdicts, short, per setting."""
+    health = report.table("metric_health").frame
+    for setting, part in health.groupby("setting", sort=False):
+        lines = [f"  {row.metric}: {row.flags}" for row in part.itertuples()]
+        print(f"\nmetric health: {setting}\n" + "\n".join(lines))
+    agreement = report.table("paper_agreement").frame
+    for setting, part in agreement.groupby("setting", sort=False):
+        lines = [f"  {row.verdict:<12} {row.finding}: {row.measured}" for row in part.itertuples()]
+        print(f"\nagreement with the paper: {setting}\n" + "\n".join(lines))
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
@@ -434,6 +446,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if table.name in ("speedup", "ranks"):
             for setting, part in table.per_setting():
                 print(f"\n{table.title}: {setting}\n{part.to_markdown(index=False)}")
+    _print_verdicts(report)
     if report.missing:
         print("\nmissing:\n" + "\n".join(f"- {line}" for line in report.missing))
     tables = sorted({str(p.parent) for p in report.table_paths})

@@ -1,8 +1,9 @@
 """Numbers computed from tensors that more than one part of the project needs.
 
-- :func:`sparsity_per_row` / :func:`sparsity_summary`: sparsity of an attribution matrix (the
-  DualXDA paper's l0_eps share and Hoyer measure, plus the share of exact zeros). The runner puts
-  the summary in every record; the ``sparsity`` metric reports the same numbers.
+- :func:`sparsity_per_row` / :func:`sparsity_rows` / :func:`sparsity_summary`: sparsity of an
+  attribution matrix (the DualXDA paper's l0_eps share and Hoyer measure, plus the share of exact
+  zeros). The runner puts the summary in every record; the ``sparsity`` metric reports the same
+  numbers and the per-row l0_eps.
 - :func:`model_fingerprint`: content hash of a model's weights, the key of caches built on a model.
 """
 
@@ -52,10 +53,15 @@ def sparsity_per_row(a: Tensor, eps: float) -> dict[str, Tensor]:
     return {"l0_eps": l0, "hoyer": hoyer, "exact_zero_share": exact, "row_max": row_max}
 
 
-def sparsity_summary(
+def sparsity_rows(
     explanations: Tensor, eps: float = 1e-6, device: torch.device | None = None
-) -> dict[str, float]:
-    """Means over rows of :func:`sparsity_per_row`, computed in chunks of rows (bounded memory).
+) -> dict[str, Tensor]:
+    """:func:`sparsity_per_row` of the whole matrix, computed in chunks of rows (bounded memory).
+
+    Returns
+    -------
+    dict[str, Tensor]
+        ``"l0_eps"``, ``"hoyer"``, ``"exact_zero_share"``, each ``(n_rows,)`` float64 on the CPU.
 
     Raises
     ------
@@ -67,14 +73,22 @@ def sparsity_summary(
             f"sparsity needs a non-empty (n_test, n_train) matrix, got {tuple(explanations.shape)}"
         )
     device = device if device is not None else explanations.device
-    sums = dict.fromkeys(("l0_eps", "hoyer", "exact_zero_share"), 0.0)
+    parts: dict[str, list[Tensor]] = {key: [] for key in ("l0_eps", "hoyer", "exact_zero_share")}
     for start in range(0, explanations.shape[0], ROWS_PER_CHUNK):
         per_row = sparsity_per_row(explanations[start : start + ROWS_PER_CHUNK].to(device), eps)
         if not torch.isfinite(per_row.pop("row_max")).all():
             raise ValueError("sparsity: the explanations contain NaN or infinite values")
         for key, values in per_row.items():
-            sums[key] += float(values.sum())
-    return {key: total / explanations.shape[0] for key, total in sums.items()}
+            parts[key].append(values.cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def sparsity_summary(
+    explanations: Tensor, eps: float = 1e-6, device: torch.device | None = None
+) -> dict[str, float]:
+    """Means over rows of :func:`sparsity_rows` (same errors)."""
+    rows = sparsity_rows(explanations, eps, device)
+    return {key: math.fsum(values.tolist()) / len(values) for key, values in rows.items()}
 
 
 def model_fingerprint(model: nn.Module) -> str:

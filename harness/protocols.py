@@ -421,8 +421,19 @@ class MetricContext:
 
 @dataclass
 class MetricResult:
+    """What a metric computed.
+
+    ``value`` is the metric's number. ``per_point``, for a metric that is a mean over explained test
+    points (class detection, LDS, ...), holds the scores it averages, one per point in test order
+    (or per selected point, e.g. shortcut detection's points predicted as the shortcut class), so
+    that the report can bootstrap an interval over test points; the harness checks that their mean
+    is ``value``. None for a metric that is not such a mean (mislabel detection, top-k cardinality):
+    its interval then comes from model seeds only.
+    """
+
     value: float
     details: dict[str, Any] = field(default_factory=dict)
+    per_point: list[float] | None = None
 
 
 class Metric(ABC):

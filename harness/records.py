@@ -12,7 +12,9 @@ Schema (``SCHEMA_VERSION`` 1); every key is always present, ``None`` where it do
                      may learn them while fitting, e.g. the modules EK-FAC tracked)}
     task            {"name", "version", "variant", "config", "config_hash", "seed",
                      "n_train", "n_test", "num_classes", "model": {"key", "cached", "test_accuracy"}}
-    metrics         {name: {"value", "direction", "version", "config", "details", "status", "error"}}
+    metrics         {name: {"value", "direction", "version", "config", "details", "per_point", "status",
+                    "error"}}; "per_point": the per-test-point scores whose mean is "value" (None for a
+                    metric that is not such a mean; absent from records written before it existed)
     timings         {"model_s", "warmup_s" (the method's one-off process costs, paid before the
                      timed fit and never counted in it), "fit": {"cold_s", "warm_s"}, "explain":
                      {per-point stats, "n_points", "timed_points" (repeats after the first pass

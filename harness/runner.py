@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from harness.protocols import (
     Method,
     Metric,
     MetricContext,
+    MetricResult,
     Task,
 )
 from harness.registry import METHODS, METRICS, TASKS
@@ -424,6 +426,7 @@ def _run_metric(
         "version": metric.version,
         "config": metric.config.to_dict(),
         "details": {},
+        "per_point": None,
         "status": "failed",
         "error": None,
     }
@@ -432,6 +435,7 @@ def _run_metric(
         if explanation_problem and "explanations" in metric.needs:
             raise DataError(explanation_problem)
         result, timing = timed(lambda: metric.compute(ctx))
+        _check_metric_result(metric.name, result)
     except Exception as err:  # recorded; the other metrics go on
         level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
         log.log(level, "metric %s failed: %s", metric.name, err)
@@ -441,8 +445,30 @@ def _run_metric(
             "traceback": traceback.format_exc(),
         }
         return entry, None
-    entry.update(value=float(result.value), details=result.details, status="ok")
+    per_point = None if result.per_point is None else [float(v) for v in result.per_point]
+    entry.update(value=float(result.value), details=result.details, per_point=per_point, status="ok")
     return entry, timing.seconds
+
+
+#: How far a metric's value may lie from the mean of its per-point scores (float round-off).
+PER_POINT_TOLERANCE = 1e-6
+
+
+def _check_metric_result(name: str, result: MetricResult) -> None:
+    """Raise :class:`DataError` when a metric's value is not finite or disagrees with its per-point scores."""
+    value = float(result.value)
+    if not math.isfinite(value):
+        raise DataError(f"metric {name!r} computed a non-finite value ({value}); no number is recorded")
+    if result.per_point is None:
+        return
+    scores = [float(v) for v in result.per_point]
+    if not scores or not all(math.isfinite(v) for v in scores):
+        raise DataError(f"metric {name!r} returned per-point scores that are empty or not finite")
+    mean = math.fsum(scores) / len(scores)
+    if abs(mean - value) > PER_POINT_TOLERANCE * max(1.0, abs(value)):
+        raise DataError(
+            f"metric {name!r}: value {value!r} is not the mean {mean!r} of its {len(scores)} per-point scores"
+        )
 
 
 def _explanation_problem(explanations: Tensor, n_test: int, n_train: int, name: str) -> str | None:

@@ -4,7 +4,8 @@ Nothing here reads a method or a task: only ``results/records`` (and, for the XD
 arrays that ``dabench xda`` writes). :func:`draw_all` draws the report's figures: runtime vs average
 rank (:mod:`paper_figures.runtime_vs_rank`), sparsity vs C (:mod:`paper_figures.sparsity_vs_c`),
 explanation time vs training-set size (:mod:`paper_figures.scaling`) and mislabel-detection curves
-(:mod:`paper_figures.mislabel_curves`); :mod:`paper_figures.xda_figure` draws the XDA figure.
+(:mod:`paper_figures.mislabel_curves`) and the critical-difference diagram of the average ranks
+(:mod:`paper_figures.critical_difference`); :mod:`paper_figures.xda_figure` draws the XDA figure.
 """
 
 # --- the report's figures (runtime vs rank, sparsity vs C, scaling, mislabel curves) -----------
@@ -54,6 +55,7 @@ def draw_all(results: "str | os.PathLike[str] | Runs", out_dir: "str | os.PathLi
         "sparsity vs C": lambda: sparsity_vs_c.draw(runs, sparsity_table(runs), out),
         "scaling": lambda: scaling.draw(runs, out),
         "mislabel curves": lambda: mislabel_curves.draw(runs, out),
+        "critical difference": lambda: _critical_differences(runs, out),
     }
     for name, draw in figures.items():
         try:  # one figure that fails must not cost the report its tables and other figures
@@ -61,4 +63,34 @@ def draw_all(results: "str | os.PathLike[str] | Runs", out_dir: "str | os.PathLi
         except Exception as err:  # reported in the notes and the log
             logging.getLogger(__name__).exception("figure %s failed", name)
             drawn.notes.append(f"{name}: drawing failed ({type(err).__name__}: {err}).")
+    return drawn
+
+
+def _critical_differences(runs: "Runs", out: "os.PathLike[str]") -> "Drawn":
+    """``critical_difference_<setting>.png/.pdf`` per setting with at least two of the paper's metrics."""
+    from pathlib import Path
+
+    from harness import evidence
+    from harness.report import settings_of
+    from paper_figures._common import Drawn, slug
+    from paper_figures.critical_difference import plot_critical_difference
+
+    drawn = Drawn()
+    for setting in settings_of(runs.frame):
+        cd = evidence.critical_difference(runs.setting_blocks(setting))
+        if cd is None:
+            drawn.notes.append(
+                f"critical difference: {setting}: fewer than two methods or blocks, not drawn."
+            )
+            continue
+        blocks = f"{len(cd.metrics)} metrics x {cd.n_seeds} seed(s)"
+        title = f"{setting}: {len(cd.result.methods)} methods, blocks = {blocks}"
+        drawn.paths += plot_critical_difference(
+            cd.result, Path(out) / f"critical_difference_{slug(setting)}", title
+        )
+        if cd.dropped_metrics:
+            drawn.notes.append(
+                f"critical difference: {setting}: {', '.join(cd.dropped_metrics)} left out (not every method "
+                "has a value for it)."
+            )
     return drawn

@@ -257,7 +257,7 @@ def test_shortcut_detection_known_answer(tmp_path: Path) -> None:
     ctx = _mark_context(SC_A, SC_TARGETS, SC_TEST_Y, SC_TRAIN_Y, SC_MARKED, tmp_path)
     result = _metric("shortcut_detection").compute(ctx)
     assert result.value == pytest.approx(2 / 3, abs=1e-6)
-    assert result.details["auprc"] == pytest.approx([5 / 6, 1 / 2], abs=1e-6)
+    assert result.per_point == pytest.approx([5 / 6, 1 / 2], abs=1e-6)
     assert result.details["n_points"] == 2
     assert result.details["test_indices"] == [0, 1]
     assert result.details["random_auprc"] == pytest.approx(1 / 3)
@@ -293,7 +293,7 @@ def test_shortcut_detection_matches_scikit_learn(seed: int, ties: bool, tmp_path
     result = _metric("shortcut_detection", shortcut_class=c).compute(ctx)
     value, aps = _direct_shortcut(a.numpy(), targets.numpy(), test_y.numpy(), marked.numpy(), c)
     assert result.value == pytest.approx(value, abs=1e-6)
-    assert result.details["auprc"] == pytest.approx(aps, abs=1e-6)
+    assert result.per_point == pytest.approx(aps, abs=1e-6)
     assert result.details["test_indices"] == np.flatnonzero((targets == c) & (test_y != c)).tolist()
     assert result.details["random_auprc"] == pytest.approx(float(marked.double().mean()))
 

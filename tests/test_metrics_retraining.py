@@ -109,7 +109,7 @@ def test_lds_equals_direct_spearman(output: str, tmp_path: Path) -> None:
                 actual.append(logits[c[j]] - np.log(np.exp(others).sum()))
         rows.append(spearmanr(predicted, actual)[0])
     assert result.value == pytest.approx(float(np.mean(rows)), abs=1e-5)
-    assert result.details["per_point"] == pytest.approx(rows, abs=1e-5)
+    assert result.per_point == pytest.approx(rows, abs=1e-5)
 
 
 def test_lds_is_one_when_attributions_predict_the_outputs_exactly(tmp_path: Path) -> None:

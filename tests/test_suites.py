@@ -32,11 +32,15 @@ def test_default_suite_is_the_papers_grid() -> None:
     for r in resolved:
         by_variant.setdefault(r.task.config.variant, set()).add(r.method.name)
         assert {m.name for m in r.metrics} == set(VARIANT_METRICS[r.task.config.variant])
-        assert (r.task.config.n_train, r.task.config.n_test) == (1000, 100)
+        assert (r.task.config.n_train, r.task.config.n_test) == (1000, 500)
     assert set(by_variant) == {"std", "group", "corrupt", "mark"}
+    seeds: dict[tuple[str, str], set[int]] = {}
+    for spec in get_suite("default"):
+        seeds.setdefault((dict(spec.task.overrides)["variant"], repr(spec.method)), set()).add(spec.seed)
+    assert all(s == {0, 1, 2} for s in seeds.values())  # three model seeds for every run
     assert all(names == set(ALL_METHODS) for names in by_variant.values())
     dualda_cs = sorted(
-        r.method.config.C for r in resolved if r.method.name == "dualda" and r.task.config.variant == "std"
+        {r.method.config.C for r in resolved if r.method.name == "dualda" and r.task.config.variant == "std"}
     )
     assert dualda_cs == [1e-5, 1e-3, 1e-1]
     seven = {"class_detection", "subclass_detection", "shortcut_detection", "mislabel_detection", "lds",

@@ -64,7 +64,7 @@ class ClassDetection(Metric):
         -------
         MetricResult
             ``value`` in [0, 1]; ``details`` = ``{"top_k": k, "n_test": n_test}`` where ``k`` is
-            capped at ``n_train``.
+            capped at ``n_train``; ``per_point``: each test point's share.
         """
         with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
             warnings.simplefilter("ignore", FutureWarning)
@@ -83,4 +83,7 @@ class ClassDetection(Metric):
         metric = ClassDetectionMetric(model=ctx.model, train_dataset=train, s=top_k)
         metric.update(explanations=explanations.detach(), test_targets=targets.detach())
         value = float(metric.compute()["score"])
-        return MetricResult(value=value, details={"top_k": min(top_k, n_train), "n_test": n_test})
+        per_point = [float(v) for v in metric._per_sample_scores().cpu()]
+        return MetricResult(
+            value=value, details={"top_k": min(top_k, n_train), "n_test": n_test}, per_point=per_point
+        )

@@ -108,7 +108,9 @@ class _RetrainCurve(Metric):
             ``accuracy_true_labels`` (against ``data.test.y``); ``mean_accuracy`` and
             ``mean_accuracy_true_labels`` over the fractions; ``class_counts``: per fraction, the
             number of retained training points of each class (training labels), the evidence when a
-            class-imbalanced share loses to a class-balanced random one.
+            class-imbalanced share loses to a class-balanced random one. ``per_point``: each test
+            point's cross-entropy averaged over the fractions (their mean is ``value``; a bootstrap
+            over them resamples test points for fixed retrained models, not the retraining).
         """
         explanations = _checked(ctx, self.name)
         if ctx.retrain is None:
@@ -119,8 +121,9 @@ class _RetrainCurve(Metric):
         test = ctx.data.test
         targets = ctx.targets.detach().cpu().long()
 
-        def evaluate(model: nn.Module) -> Tensor:
-            return test_loss_and_accuracy(model, test.x, targets, test.y)
+        def evaluate(model: nn.Module) -> Tensor:  # (n_test + 2,): per-point losses, two accuracies
+            losses, accuracies = _per_point_loss_and_accuracy(model, test.x, targets, test.y)
+            return torch.cat([losses, accuracies])
 
         results = ctx.retrain.evaluate(
             [order[:size] for size in sizes], evaluate, purpose=self.name, epochs=self.config.epochs
@@ -130,11 +133,14 @@ class _RetrainCurve(Metric):
         class_counts = [
             torch.bincount(labels[order[:size]], minlength=num_classes).tolist() for size in sizes
         ]
-        losses = [float(r[0]) for r in results]
-        accuracies = [float(r[1]) for r in results]
-        true_accuracies = [float(r[2]) for r in results]
+        n_test = len(test.x)
+        point_losses = torch.stack([r[:n_test] for r in results])  # (n_fractions, n_test)
+        losses = [float(row.mean()) for row in point_losses]
+        accuracies = [float(r[n_test]) for r in results]
+        true_accuracies = [float(r[n_test + 1]) for r in results]
         return MetricResult(
             value=sum(losses) / len(losses),
+            per_point=point_losses.mean(dim=0).tolist(),
             details={
                 "fractions": list(self.config.fractions),
                 "sizes": sizes,
@@ -193,23 +199,32 @@ def test_loss_and_accuracy(
         ``(2,)`` float64 ``[cross-entropy, accuracy]``, or ``(3,)`` with the accuracy against
         ``labels`` appended when they are given.
     """
+    losses, values = _per_point_loss_and_accuracy(model, x, targets, labels, batch_size)
+    return torch.cat([(losses.sum() / len(x)).reshape(1), values])
+
+
+def _per_point_loss_and_accuracy(
+    model: nn.Module, x: Tensor, targets: Tensor, labels: Tensor | None = None, batch_size: int = 512
+) -> tuple[Tensor, Tensor]:
+    """``(n,)`` float64 cross-entropy per point against ``targets``, and ``(1,)`` or ``(2,)`` the
+    accuracies of :func:`test_loss_and_accuracy`."""
     device = next(model.parameters()).device
-    loss, correct, correct_labels = 0.0, 0, 0
+    losses, correct, correct_labels = [], 0, 0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size].to(device)).double()
             tb = targets[start : start + batch_size].to(device).long()
-            loss += float(torch.nn.functional.cross_entropy(logits, tb, reduction="sum"))
+            losses.append(torch.nn.functional.cross_entropy(logits, tb, reduction="none").cpu())
             predicted = logits.argmax(dim=1)
             correct += int((predicted == tb).sum())
             if labels is not None:
                 correct_labels += int(
                     (predicted == labels[start : start + batch_size].to(device).long()).sum()
                 )
-    values = [loss / len(x), correct / len(x)]
+    accuracies = [correct / len(x)]
     if labels is not None:
-        values.append(correct_labels / len(x))
-    return torch.tensor(values, dtype=torch.float64)
+        accuracies.append(correct_labels / len(x))
+    return torch.cat(losses), torch.tensor(accuracies, dtype=torch.float64)
 
 
 def _checked(ctx: MetricContext, name: str) -> Tensor:

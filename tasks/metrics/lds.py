@@ -109,7 +109,7 @@ class LDS(Metric):
         -------
         MetricResult
             ``value`` in [-1, 1]; ``details``: ``m``, ``alpha``, ``subset_size``, ``output``,
-            ``per_point`` (the n_test correlations), ``constant_rows``.
+            ``constant_rows``; ``per_point``: the n_test correlations.
         """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -166,9 +166,9 @@ class LDS(Metric):
                 "alpha": cfg.alpha,
                 "subset_size": subset_size,
                 "output": cfg.output,
-                "per_point": [float(v) for v in per_point],
                 "constant_rows": constant,
             },
+            per_point=[float(v) for v in per_point],
         )
 
 

@@ -82,7 +82,7 @@ class ShortcutDetection(Metric):
         -------
         MetricResult
             ``value`` in [0, 1]; ``details``: ``n_points`` (``|J|``), ``test_indices`` (the rows
-            of ``J``), ``auprc`` (one AP per point of ``J``, in that order), ``random_auprc``
+            of ``J``), ``random_auprc``
             (share of marked training points: the AP of a random ranking), ``n_marked_train``,
             ``shortcut_prediction_rate`` (``|J|`` over the test points whose true label is not
             ``s``), ``shortcut_class`` and ``n_test``.
@@ -165,11 +165,10 @@ class ShortcutDetection(Metric):
         details = {
             "n_points": len(rows),
             "test_indices": rows.cpu().tolist(),
-            "auprc": auprc,
             "random_auprc": float(marked.double().mean()),
             "n_marked_train": len(shortcut_indices),
             "shortcut_prediction_rate": len(rows) / n_other,
             "shortcut_class": shortcut,
             "n_test": n_test,
         }
-        return MetricResult(value=value, details=details)
+        return MetricResult(value=value, details=details, per_point=auprc)

@@ -17,10 +17,11 @@ Accumulation is in float64, over chunks of rows to bound memory, on ``ctx.device
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from harness.config import Config, ConfigError, option
-from harness.measures import sparsity_summary
+from harness.measures import sparsity_rows
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Sparsity(Metric):
         -------
         MetricResult
             ``value`` = mean ``l0_eps``; ``details`` = the means of ``l0_eps``, ``hoyer`` and
-            ``exact_zero_share``.
+            ``exact_zero_share``; ``per_point``: each test point's ``l0_eps``.
 
         Raises
         ------
@@ -71,7 +72,8 @@ class Sparsity(Metric):
                 f"sparsity needs a non-empty (n_test, n_train) matrix, got {tuple(explanations.shape)}"
             )
         try:
-            details = sparsity_summary(explanations, eps, ctx.device)
+            rows = sparsity_rows(explanations, eps, ctx.device)
         except ValueError as err:
             raise DataError(str(err)) from err
-        return MetricResult(value=details["l0_eps"], details=details)
+        details = {key: math.fsum(values.tolist()) / len(values) for key, values in rows.items()}
+        return MetricResult(value=details["l0_eps"], details=details, per_point=rows["l0_eps"].tolist())

@@ -105,7 +105,7 @@ class SubclassDetection(Metric):
         MetricResult
             ``value`` in [0, 1]; ``details`` = ``{"top_k": k, "n_test": n_test,
             "superclass_accuracy": share of test points whose predicted superclass is their true
-            one}``, ``k`` capped at ``n_train``.
+            one}``, ``k`` capped at ``n_train``; ``per_point``: each test point's share.
 
         Raises
         ------
@@ -141,4 +141,5 @@ class SubclassDetection(Metric):
         value = float(metric.compute()["score"])
         accuracy = float((targets.detach().cpu() == ctx.data.test.y.cpu()).double().mean())
         details = {"top_k": min(top_k, n_train), "n_test": n_test, "superclass_accuracy": accuracy}
-        return MetricResult(value=value, details=details)
+        per_point = [float(v) for v in metric._per_sample_scores().cpu()]
+        return MetricResult(value=value, details=details, per_point=per_point)
