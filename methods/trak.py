@@ -58,9 +58,11 @@ cannot regenerate it when ``proj_dim <= 100`` (one block), so scoring then fails
 below ``proj_dim`` the inverse does not exist and ``lambda_reg`` must be positive.
 
 Cost. ``fit`` = per-sample gradients of all parameters for the training set (``torch.func`` vmap
-in batches of ``batch_size``), each batch projected block-wise (the projection matrix is
-regenerated from its seed for every batch: ``n_params x proj_dim`` random numbers per batch, so
-larger batches are cheaper), then one ``proj_dim x proj_dim`` inverse. ``explain`` = the same
+in batches of ``batch_size``), each batch projected block-wise by traker's ``BasicProjector``
+(``2 n_params proj_dim`` flops per point), then one ``proj_dim x proj_dim`` inverse. traker redraws
+every ``(n_params, 100)`` block of the matrix for every batch; our subclass draws each block once
+and keeps it (up to ``KEEP_BLOCKS_MB``; same numbers, bitwise), so a fit or a scorer draws the
+``n_params x proj_dim`` normals once instead of once per batch. ``explain`` = the same
 gradient pass over the test points and one ``(n_train, proj_dim) x (proj_dim, n_test)`` matmul.
 """
 
@@ -89,6 +91,9 @@ log = logging.getLogger(__name__)
 
 #: traker 0.3.2's BasicProjector block size: a proj_dim at or below it breaks scoring.
 TRAKER_BLOCK_SIZE = 100
+#: MiB of projection blocks a TRAK projector keeps instead of redrawing them per batch (the rest are
+#: redrawn, as traker does); BasicConv at proj_dim 512 needs 6 blocks of 482 MiB.
+KEEP_BLOCKS_MB = 4096
 PROJECTIONS = ("normal", "rademacher")
 MODEL_OUTPUTS = ("image_classification",)
 
@@ -436,10 +441,10 @@ class _Scorer:
 
 
 def _projector(model: nn.Module, cfg: TRAKConfig, device: torch.device) -> Any:
-    """traker's ``BasicProjector`` over all parameters (the one traker builds itself on CPU)."""
-    from trak.projectors import BasicProjector, ProjectionType
+    """traker's ``BasicProjector`` over all parameters, its blocks kept (:func:`_kept_blocks_projector`)."""
+    from trak.projectors import ProjectionType
 
-    return BasicProjector(
+    return _kept_blocks_projector()(
         grad_dim=sum(p.numel() for p in model.parameters()),
         proj_dim=cfg.proj_dim,
         seed=cfg.seed,
@@ -447,6 +452,80 @@ def _projector(model: nn.Module, cfg: TRAKConfig, device: torch.device) -> Any:
         device=str(device),
         dtype=torch.float32,
     )
+
+
+def _kept_blocks_projector() -> type:
+    """traker's ``BasicProjector`` that keeps the blocks it generates (up to :data:`KEEP_BLOCKS_MB`).
+
+    traker 0.3.2's ``BasicProjector.project`` redraws every ``(n_params, 100)`` block of the matrix
+    from its generator state for EVERY batch (``proj_dim / 100`` blocks: for BasicConv at proj_dim
+    512, 6 x 1.26 M normals per batch, most of a CPU featurize or explain call). This subclass draws
+    each block once, with traker's own ``generate_sketch_matrix`` and generator states (so the same
+    numbers), and keeps it; the per-block product ``grads @ block[:, :width]`` and the batch layout
+    are traker's, so the projections are bitwise the same (tests/test_fit_waste.py). Blocks beyond
+    the memory budget are redrawn per batch, as traker does. The per-sample gradients are flattened
+    into one reused buffer instead of a fresh ``(batch, n_params)`` array per batch (same values).
+    """
+    global _KEPT_BLOCKS_CLASS
+    if _KEPT_BLOCKS_CLASS is not None:
+        return _KEPT_BLOCKS_CLASS
+    from trak.projectors import BasicProjector
+    from trak.utils import vectorize
+
+    class KeptBlocksProjector(BasicProjector):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)  # draws block 0 into self.proj_matrix
+            block_mb = self.grad_dim * self.block_size * self.proj_matrix.element_size() / 2**20
+            self.keep_blocks = min(self.num_blocks, int(KEEP_BLOCKS_MB // block_mb))
+            self._kept: dict[int, Tensor] = {}
+            if self.keep_blocks > 0 and self.num_blocks > 1:
+                self._kept[0] = self.proj_matrix
+            self._flat: Tensor | None = None  # reused (batch, n_params) buffer of flat gradients
+
+        def free_memory(self) -> None:
+            super().free_memory()
+            self._kept.clear()
+            self._flat = None
+
+        def _block(self, index: int) -> Tensor:
+            kept = self._kept.get(index)
+            if kept is not None:
+                return kept
+            kept_buffer = any(self.proj_matrix is block for block in self._kept.values())
+            if index < self.keep_blocks or kept_buffer:  # draw into a fresh tensor, never a kept one
+                self.proj_matrix_available = False
+            self.generate_sketch_matrix(self.generator_states[index])
+            if index < self.keep_blocks:
+                self._kept[index] = self.proj_matrix
+            return self.proj_matrix
+
+        def project(self, grads: Any, model_id: int) -> Tensor:
+            if self.num_blocks == 1:
+                return super().project(grads, model_id)
+            if isinstance(grads, dict):
+                n = next(iter(grads.values())).shape[0]
+                if self._flat is None or self._flat.shape[0] < n:
+                    dtype = next(iter(grads.values())).dtype
+                    self._flat = torch.empty(n, self.grad_dim, dtype=dtype, device=self.device)
+                grads = vectorize(grads, arr=self._flat[:n], device=self.device)
+            grads = grads.to(dtype=self.dtype)
+            sketch = torch.zeros(size=(grads.size(0), self.proj_dim), dtype=self.dtype, device=self.device)
+            if model_id != self.model_id:
+                self.model_id = model_id
+                self.get_generator_states()  # new seeds: the kept blocks are stale
+                self._kept.clear()
+            for ind in range(self.num_blocks):
+                block = self._block(ind)
+                st = ind * self.block_size
+                ed = min((ind + 1) * self.block_size, self.proj_dim)
+                sketch[:, st:ed] = grads.type(self.dtype) @ block[:, : (ed - st)]
+            return sketch.type(grads.dtype)
+
+    _KEPT_BLOCKS_CLASS = KeptBlocksProjector
+    return KeptBlocksProjector
+
+
+_KEPT_BLOCKS_CLASS: type | None = None
 
 
 def _num_outputs(model: nn.Module, x: Tensor) -> int:
