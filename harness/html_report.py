@@ -98,6 +98,7 @@ def _figure_caption(path: Path) -> str:
         ("sparsity_vs_c", "sparsity_vs_c"),
         ("scaling", "scaling"),
         ("mislabel_curves", "mislabel_curves"),
+        ("critical_difference", "critical_difference"),
     ):
         if path.stem.startswith(prefix):
             doc = importlib.import_module(f"paper_figures.{module}").__doc__ or ""
@@ -174,8 +175,12 @@ def render_html(report: Report) -> str:
         ("speedup", "Speed-up"),
         ("metrics", "Metrics"),
         ("ranks", "Ranks"),
+        ("metric_health", "Metric health"),
+        ("paper_agreement", "Agreement with the paper"),
+        ("intervals", "Intervals"),
         ("sparsity", "Sparsity"),
         ("models", "Models"),
+        ("costs", "Costs"),
     ]
     toc = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in sections)
     toc += '<li><a href="#figures">Figures</a></li><li><a href="#summary">All runs</a></li>'

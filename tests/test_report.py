@@ -284,7 +284,9 @@ def test_models_table_has_one_row_per_trained_model(report: Report) -> None:
 
 def test_every_table_is_written_as_csv_markdown_and_latex(report: Report) -> None:
     tables = report.table_paths[0].parent
-    for name in ("summary", "speedup", "metrics", "ranks", "sparsity", "models"):
+    names = ("summary", "speedup", "metrics", "ranks", "sparsity", "models", "metric_health",
+             "paper_agreement", "intervals", "costs")  # fmt: skip
+    for name in names:
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     tex = (tables / "metrics.tex").read_text()
@@ -319,6 +321,7 @@ def test_figures_exist_as_valid_png_and_pdf(report: Report) -> None:
         "mislabel_curves_mnist_n48_t24",
         "sparsity_vs_c_toy_n48_t24",
         "scaling_toy",
+        "critical_difference_mnist_n48_t24",
     ):
         assert expected in stems
     for path in report.figure_paths:
@@ -456,4 +459,32 @@ def test_cli_report_tables_only(results: Path, tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert str(tmp_path / "speedup.tex") in out and "html:" not in out and "figures (" not in out
     assert "Average rank over the paper's seven metrics" in out
+    assert "metric health: mnist, n_train=48, n_test=24" in out and "agreement with the paper:" in out
     assert "lissa" in (tmp_path / "speedup.csv").read_text()
+
+
+def test_health_agreement_and_cost_tables_read_the_records(report: Report) -> None:
+    health = _rows_by(report.table("metric_health"), "mnist, n_train=48,", "metric")
+    # class detection: random (0.95 over two seeds) beats the median method (0.9): flagged
+    assert (
+        health["class_detection"]["random_not_floor"]
+        and "random not the floor" in health["class_detection"]["flags"]
+    )
+    assert health["lds"]["random_not_floor"] is False or health["lds"]["random_not_floor"] == 0
+    agreement = report.table("paper_agreement").frame
+    mnist = agreement[agreement["setting"].str.startswith("mnist, n_train=48,")]
+    assert len(mnist) == 6 and set(mnist["verdict"]) <= {"reproduced", "contradicted", "inconclusive"}
+    costs = report.table("costs").frame
+    total = costs[(costs["method"] == "all methods") & costs["setting"].str.startswith("mnist, n_train=48,")]
+    part = costs[(costs["method"] != "all methods") & costs["setting"].str.startswith("mnist, n_train=48,")]
+    assert float(total["fit_s"].iloc[0]) == pytest.approx(float(part["fit_s"].sum()))
+    # the toy records ran the sparsity metric through the runner: per-point scores, bootstrap intervals
+    intervals = report.table("intervals").frame
+    toy = intervals[intervals["setting"].str.startswith("toy") & (intervals["metric"] == "sparsity")]
+    assert (toy["resampled"] == "test points (one seed)").all()
+    assert (toy["ci_low"] <= toy["value"] + 1e-12).all() and (toy["value"] <= toy["ci_high"] + 1e-12).all()
+
+
+def _rows_by(table, setting_prefix: str, key: str) -> dict:
+    frame = table.frame[table.frame["setting"].str.startswith(setting_prefix)]
+    return {row[key]: row for row in frame.to_dict("records")}
