@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_suite.add_argument(
         "--task-option", action="append", default=[], metavar="KEY=VALUE", help="task config override"
     )
+    p_suite.add_argument(
+        "--seeds", default="", metavar="S,S", help="model seeds (default: the suite's own; default: 0,1,2)"
+    )
     _common(p_suite)
 
     p_report = sub.add_parser(
@@ -399,7 +402,12 @@ def cmd_suite(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--task-option {item!r}: write KEY=VALUE")
         task_options.append((key.strip(), value.strip()))
+    try:
+        seeds = tuple(int(s) for s in _split(args.seeds))
+    except ValueError as err:
+        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers") from err
     options = SuiteOptions(
+        seeds=seeds,
         data_root=args.data_root,
         n_train=args.n_train,
         n_test=args.n_test,

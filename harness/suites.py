@@ -16,8 +16,8 @@
   ``--executor slurm``.
 
 Every suite takes :class:`SuiteOptions` (the command line's ``--data-root``, ``--n-train``,
-``--n-test``, ``--methods``, ``--datasets``, ``--metrics``, ``--task-option``) so that the same grid
-can be run smaller, e.g. the paper suite end to end on tiny fake data in the tests.
+``--n-test``, ``--methods``, ``--datasets``, ``--metrics``, ``--task-option``, ``--seeds``) so that
+the same grid can be run smaller, e.g. the paper suite end to end on tiny fake data in the tests.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class SuiteOptions:
     datasets: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     task_options: tuple[tuple[str, str], ...] = ()
+    seeds: tuple[int, ...] = ()
     paths: dict[str, str] = field(default_factory=dict)
 
     def pick(self, names: Sequence[str], chosen: Sequence[str], what: str) -> tuple[str, ...]:
@@ -141,6 +142,7 @@ def _grid(
     seeds: Sequence[int] = (0,),
 ) -> list[RunSpec]:
     metrics = metrics if metrics is not None else VARIANT_METRICS
+    seeds = options.seeds or seeds
     n_train = options.n_train if options.n_train is not None else n_train
     n_test = options.n_test if options.n_test is not None else n_test
     every_metric = {m for ms in metrics.values() for m in ms}

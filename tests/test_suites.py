@@ -99,3 +99,9 @@ def test_arnoldi_awa2_layers_are_modules_of_the_awa2_resnet50(tmp_path) -> None:
     assert isinstance(conv, nn.Conv2d) and conv.weight.shape == (512, 512, 3, 3)
     assert [n for n in modules if n.startswith("features.") and n.count(".") == 1][7] == "features.layer4"
     assert _check_layers(model, ARNOLDI_AWA2_LAYERS) == list(ARNOLDI_AWA2_LAYERS)  # Arnoldi accepts them
+
+
+def test_seeds_option_overrides_the_suites_seeds() -> None:
+    specs = get_suite("default", SuiteOptions(seeds=(7, 8), methods=("random",)))
+    assert {s.seed for s in specs} == {7, 8} and len(specs) == 4 * 2  # four variants, two seeds
+    assert {s.seed for s in get_suite("quick", SuiteOptions(methods=("random",)))} == {0}
