@@ -500,7 +500,13 @@ def _spearman_row(task: str, ranks: RankEvidence | None, names: dict[str, str]) 
     rho, low, high, p = stats.spearman_with_ci(draws, ranks.point[columns], [f for _, f in pairs])
     if not usable:
         low = high = math.nan
-    verdict = REPRODUCED if low > 0 else CONTRADICTED if high < 0 else INCONCLUSIVE  # NaN: inconclusive
+    # Reproduced: our ranking is stable enough that the correlation stays positive over the replicates
+    # AND the correlation itself is unlikely under random rank orders (p < 0.05); contradicted:
+    # the same, negative. A NaN interval compares False: inconclusive.
+    significant = p < 1 - SURE
+    verdict = (
+        REPRODUCED if low > 0 and significant else CONTRADICTED if high < 0 and significant else INCONCLUSIVE
+    )
     interval = f" [{low:.2f}, {high:.2f}]" if not math.isnan(low) else " (no interval: nothing to resample)"
     measured = f"Spearman {rho:.2f}{interval}, p = {p:.2g}, over {len(pairs)} entries"
     return _row(finding, "rank order of Figure 1", measured, verdict, rho, low, high)

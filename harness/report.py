@@ -985,7 +985,8 @@ def paper_agreement_table(runs: Runs) -> Table:
 
     First row: Spearman between our average ranks of the paper's methods (ranked among themselves)
     and the paper's Figure-1 MNIST average ranks, with the 95% interval over bootstrap replicates of
-    our ranks; reproduced when the interval lies above 0, contradicted below 0. Then the paper's
+    our ranks and Spearman's p-value; reproduced when the interval lies above 0 and p < 0.05,
+    contradicted when it lies below 0 and p < 0.05, inconclusive otherwise. Then the paper's
     qualitative findings: DualDA fastest of the paper's methods and LiSSA slowest by orders of
     magnitude (cold fit + 2,000 test points at the measured per-point time, per model seed:
     reproduced when it holds for every seed, contradicted for none; for LiSSA reproduced at >= 100x

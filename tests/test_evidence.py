@@ -239,3 +239,32 @@ def test_runner_refuses_non_finite_values_and_per_point_scores_that_do_not_avera
         _check_metric_result("m", MetricResult(value=0.6, per_point=[0.0, 1.0]))
     with pytest.raises(DataError, match="empty or not finite"):
         _check_metric_result("m", MetricResult(value=0.5, per_point=[math.nan, 1.0]))
+
+
+def _ranks(point: list[float], jitter: float) -> evidence.RankEvidence:
+    rng = np.random.default_rng(0)
+    point_arr = np.array(point, dtype=float)
+    draws = point_arr + jitter * rng.standard_normal((500, len(point)))
+    names = tuple(evidence_names())
+    return evidence.RankEvidence(SETTING, names, ("class_detection",), point_arr, draws, np.ones(len(point)))
+
+
+def evidence_names() -> list[str]:
+    from harness.paper_numbers import FIGURE1
+
+    return list(FIGURE1["mnist"])
+
+
+def test_spearman_verdict_needs_a_stable_ranking_and_a_significant_correlation() -> None:
+    from harness.paper_numbers import FIGURE1
+
+    names = {m: m for m in evidence_names()}  # method labels = the paper's names here
+    paper = [FIGURE1["mnist"][m][1] for m in names]
+    agree = evidence._spearman_row("mnist", _ranks(paper, 0.05), names)
+    assert agree["verdict"] == evidence.REPRODUCED and agree["value"] == pytest.approx(1.0)
+    reverse = evidence._spearman_row("mnist", _ranks([12 - p for p in paper], 0.05), names)
+    assert reverse["verdict"] == evidence.CONTRADICTED
+    # a weak positive correlation, stable over the replicates, is still not evidence of agreement
+    weak_point = [5.2, 5.3, 6.2, 7.0, 6.6, 6.8, 6.6, 4.1, 4.55, 5.8, 5.0]
+    weak = evidence._spearman_row("mnist", _ranks(weak_point, 0.01), names)
+    assert 0 < weak["value"] < 0.5 and weak["ci_low"] > 0 and weak["verdict"] == evidence.INCONCLUSIVE
