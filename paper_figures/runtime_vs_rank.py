@@ -4,9 +4,11 @@ x: total runtime for 2,000 test points (cache + explanation, log scale; the repo
 table), y: average rank over the paper's seven metrics (the ``ranks`` table; 1 = best, drawn at
 the top as in the paper). One filled marker per method of this run, DualDA as large stars; the
 paper's own Figure-1 points for the same methods as hollow markers of the same colour, joined
-to ours by a dotted line. Ranks are among the paper's methods only (the paper ranks its 11
-entries; baselines are left out), unless fewer than two of them have ranks: then among all
-methods, as the title says. One figure per task, for the setting with the most metric values.
+to ours by a dotted line; a vertical bar through our marker spans the 95% bootstrap interval of
+our average rank (the ``ranks`` table's ``*_ci_low`` / ``*_ci_high``). Ranks are among the
+paper's methods only (the paper ranks its 11 entries; baselines are left out), unless fewer than
+two of them have ranks: then among all methods, as the title says. One figure per task, for the
+setting with the most metric values.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def draw(runs: Runs, speedup: Table, ranks: Table, out_dir: Path) -> Drawn:
                 zorder=3,
                 label=label,
             )
+            low, high = row.get(f"{column}_ci_low", math.nan), row.get(f"{column}_ci_high", math.nan)
+            if not (math.isnan(low) or math.isnan(high)):  # the 95% interval of the average rank
+                ax.plot(
+                    [row["total_2000_s"]] * 2, [low, high], "-", color=colour[row["method"]], lw=1.2, zorder=2
+                )
             paper = figure1(task, row["paper_name"])
             if paper is not None:
                 ax.scatter(
@@ -99,8 +106,8 @@ def draw(runs: Runs, speedup: Table, ranks: Table, out_dir: Path) -> Drawn:
         pool = "of the paper's methods" if paper_pool else "methods (all)"
         dataset = DATASET_NAMES.get(task, task)
         ax.set_title(
-            f"{dataset}: runtime vs average rank ({setting})\nranks among the {len(part)} {pool} run here; "
-            "the paper's among its 11 entries",
+            f"{dataset}: runtime vs average rank ({setting})\nranks among the {len(part)} {pool} run here "
+            "(bars: 95% intervals); the paper's among its 11 entries",
             fontsize=9,
         )
         ax.grid(True, alpha=0.3)
