@@ -18,11 +18,17 @@ from harness import xda_command
 from harness.cache import CacheConflictError
 from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError
-from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_plugin
+from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_installed_plugins, load_plugin
 
 USER_ERRORS = (ConfigError, RegistryError, DataError, CapabilityError, CacheConflictError, FileNotFoundError)
 REGISTRIES = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}
 DEFAULT_METRICS = "class_detection,sparsity"
+
+
+PLUGIN_HELP = (
+    "load a plugin first: a path to a .py file or a module importable from the current folder "
+    "(it may register extra methods/tasks/metrics); repeatable"
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +46,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--plugin",
         action="append",
         default=[],
-        metavar="MODULE",
-        help="import MODULE first (it may register extra methods/tasks/metrics)",
+        metavar="PLUGIN",
+        help=PLUGIN_HELP,
     )
     parser.add_argument(
         "--force", action="store_true", help="rerun specs whose finished record exists (default: skip them)"
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument(
         "--verbose", action="store_true", help="also show each config's options (imports the modules)"
     )
-    p_list.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    p_list.add_argument("--plugin", action="append", default=[], metavar="PLUGIN", help=PLUGIN_HELP)
 
     p_run = sub.add_parser("run", help="run methods on one task and write one record per run")
     p_run.add_argument("--task", required=True, help="task name (see `dabench list tasks`)")
@@ -242,8 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        for module in getattr(args, "plugin", []):
-            load_plugin(module)
+        load_installed_plugins()  # entry points of installed packages; a broken one only warns
+        for plugin in getattr(args, "plugin", []):
+            load_plugin(plugin)
         return COMMANDS[args.command](args)
     except USER_ERRORS as err:
         print(f"dabench: error: {err}", file=sys.stderr)

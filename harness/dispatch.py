@@ -83,6 +83,29 @@ def run_spec_job(spec: RunSpec) -> str:
     return str(records.write_record(record, Path(spec.results_dir) / "records"))
 
 
+@dataclass(frozen=True)
+class WithPlugins:
+    """A job that first loads the plugins of the submitting process (workers start fresh).
+
+    Parameters
+    ----------
+    job:
+        What the job runs (:func:`run_spec_job`).
+    plugins:
+        :func:`harness.registry.loaded_plugins` of the submitting process; the installed plugins
+        (entry points) are loaded as well.
+    """
+
+    job: Callable[[RunSpec], str]
+    plugins: tuple[str | tuple[str, str], ...] = ()
+
+    def __call__(self, spec: RunSpec) -> str:
+        from harness.registry import load_plugins
+
+        load_plugins(list(self.plugins))
+        return self.job(spec)
+
+
 def absolute_paths(spec: RunSpec) -> RunSpec:
     """``spec`` with its results and cache directories made absolute (jobs may start elsewhere)."""
     return dataclasses.replace(
@@ -120,9 +143,12 @@ def dispatch(
     import submitit
     from tqdm.auto import tqdm
 
+    from harness.registry import loaded_plugins
+
     check_executor_available(config)
     if not items:
         return []
+    job = WithPlugins(job, tuple(loaded_plugins()))  # workers register the same methods, tasks, metrics
     folder = Path(config.folder).absolute() / time.strftime("%Y%m%d-%H%M%S")
     cluster = "slurm" if config.executor == "slurm" else "local"
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)

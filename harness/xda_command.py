@@ -91,7 +91,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="content-addressed cache of models and method artefacts (default: cache, or $DABENCH_CACHE)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the model (default 0)")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="PLUGIN",
+        help="load a plugin first: a path to a .py file or a module importable from the current folder",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
 
