@@ -203,8 +203,8 @@ def _aligned_points(
         lengths = set()
         for m in methods:
             points = runs[m][s][1]
-            if points is None or len(points) == 0:
-                return False
+            if points is None or len(points) == 0 or not np.all(np.isfinite(np.asarray(points, dtype=float))):
+                return False  # e.g. a hand-edited record: fall back to the per-seed values
             lengths.add(len(points))
         if len(lengths) != 1:
             return False
@@ -355,11 +355,8 @@ def health_row(block: Block, random_method: str = RANDOM_METHOD) -> dict[str, An
     median = float(np.median([values[m] for m in others])) if others else math.nan
     if random_method in values and others:
         r_low, r_high = _bounds(random_value, intervals[random_method])
-        random_level = [
-            m
-            for m in others
-            if _bounds(values[m], intervals[m])[0] <= r_high and _bounds(values[m], intervals[m])[1] >= r_low
-        ]
+        bounds = {m: _bounds(values[m], intervals[m]) for m in others}
+        random_level = [m for m in others if bounds[m][0] <= r_high and bounds[m][1] >= r_low]
         better = random_value > median if block.direction == "higher" else random_value < median
         random_not_floor = bool(better)
     flags = []

@@ -90,6 +90,8 @@ class Runs:
     frame: pd.DataFrame
     records: list[dict[str, Any]]
     n_failed: int = 0
+    #: ``(run_id, metric)`` of metrics a record calls "ok" whose value is not a finite number (never shown).
+    unusable_metrics: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -123,13 +125,19 @@ def load_runs(records_dir: str | Path) -> Runs:
     all_records = list(iter_records(records_dir))
     ok = [r for r in all_records if r["status"] == "ok"]
     rows = []
+    unusable: list[tuple[str, str]] = []
     for rec in ok:
         task, method, timings = rec["task"], rec["method"], rec["timings"]
         explain = timings.get("explain") or {}
         fit = timings.get("fit") or {}
         metrics = {
-            n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and e.get("value") is not None
+            n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and _finite(e.get("value"))
         }
+        unusable += [
+            (rec["run_id"], n)
+            for n, e in rec["metrics"].items()
+            if e.get("status") == "ok" and not _finite(e.get("value"))
+        ]
         config = method.get("config") or {}
         n_explained = explain.get("n_points", task.get("n_explained", task["n_test"]))
         rows.append(
@@ -178,7 +186,11 @@ def load_runs(records_dir: str | Path) -> Runs:
     if not frame.empty:
         names = _setting_names(frame["setting_key"])
         frame.insert(0, "setting", [names[key] for key in frame["setting_key"]])
-    return Runs(frame=frame, records=ok, n_failed=len(all_records) - len(ok))
+    return Runs(frame=frame, records=ok, n_failed=len(all_records) - len(ok), unusable_metrics=unusable)
+
+
+def _finite(value: Any) -> bool:
+    return not math.isnan(_number(value)) and math.isfinite(_number(value))
 
 
 def _explain_spent(explain: dict[str, Any]) -> float:
@@ -1316,6 +1328,12 @@ def build_report(
         raise FileNotFoundError(f"no successful records under {results_dir / 'records'}")
     summary = summary_table(pd.DataFrame(_summary_rows(runs.records)))
     report = Report(runs, summary, _summary_markdown(summary), derive_tables(runs))
+    if runs.unusable_metrics:
+        run_id, metric = runs.unusable_metrics[0]
+        report.missing.append(
+            f"{len(runs.unusable_metrics)} metric value(s) marked ok but not a finite number are not shown, "
+            f"e.g. {metric} of record {run_id} (rerun it with --force)."
+        )
     if runs.n_failed:
         report.missing.append(
             f"{runs.n_failed} failed record(s) are not shown (their errors are in the records; rerun "

@@ -268,3 +268,12 @@ def test_spearman_verdict_needs_a_stable_ranking_and_a_significant_correlation()
     weak_point = [5.2, 5.3, 6.2, 7.0, 6.6, 6.8, 6.6, 4.1, 4.55, 5.8, 5.0]
     weak = evidence._spearman_row("mnist", _ranks(weak_point, 0.01), names)
     assert 0 < weak["value"] < 0.5 and weak["ci_low"] > 0 and weak["verdict"] == evidence.INCONCLUSIVE
+
+
+def test_non_finite_per_point_scores_fall_back_to_the_per_seed_values() -> None:
+    rows = [
+        _row("a", s, {"class_detection": v}, {"class_detection": [v, math.nan] if s == 0 else [v, v]})
+        for s, v in enumerate([0.5, 0.7])
+    ]
+    (block,) = evidence.blocks(_frame(rows))
+    assert block.resampled == "seeds (no per-point scores)" and block.value("a") == pytest.approx(0.6)

@@ -10,6 +10,7 @@ records at four training-set sizes with known growth.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -488,3 +489,19 @@ def test_health_agreement_and_cost_tables_read_the_records(report: Report) -> No
 def _rows_by(table, setting_prefix: str, key: str) -> dict:
     frame = table.frame[table.frame["setting"].str.startswith(setting_prefix)]
     return {row[key]: row for row in frame.to_dict("records")}
+
+
+def test_a_non_finite_value_marked_ok_never_reaches_a_table(results: Path, tmp_path: Path) -> None:
+    copy_dir = tmp_path / "results"
+    shutil.copytree(results / "records", copy_dir / "records")
+    path = next(p for p in (copy_dir / "records").glob("syn-lissa-std-0-48*.json"))
+    rec = records.read_record(path)
+    rec["metrics"]["class_detection"]["value"] = math.nan  # hand-edited or corrupt, still "ok"
+    path.write_text(json.dumps(rec))
+    report = build_report(copy_dir, tmp_path / "tables", figures=False, html=False)
+    rows = _rows(report.table("metrics"), "mnist, n_train=48,")
+    assert math.isnan(rows["lissa"]["class_detection"])  # an empty cell, not NaN shown as a value
+    assert rows["lissa"]["lds"] == pytest.approx(0.4)  # the record's other metrics still count
+    assert any(
+        "not a finite number are not shown" in line and "class_detection" in line for line in report.missing
+    )
