@@ -1,7 +1,8 @@
 """Content-addressed cache shared by runs, methods and (later) concurrent jobs.
 
 Layout: ``<root>/<kind>/<name>/<hash of key>/`` holding ``key.json`` (the full key, written beside
-the artefacts), ``tensors.safetensors`` and ``meta.json``. An entry is built in a temporary
+the artefacts), ``tensors.safetensors``, ``meta.json`` and, for an artefact that a library writes as
+files (kronfluence's factors, traker's store), the folder ``files/``. An entry is built in a temporary
 sibling directory and moved into place with one ``os.rename``, so readers never see a half-written
 entry; writers of the same key take turns on a lock file (``.<hash>.lock``), so concurrent jobs
 that need the same model or features compute it once and the others read it.
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The sub-folder of an entry that holds an artefact's library-written files.
+FILES = "files"
+
 
 class CacheConflictError(RuntimeError):
     """A cache directory holds a different key than the one it is addressed by."""
@@ -36,8 +40,16 @@ class CacheConflictError(RuntimeError):
 
 @dataclass
 class Artefact:
+    """What a cache entry holds: named tensors, JSON-able ``meta`` and optionally a ``folder``.
+
+    ``folder`` is a directory a library wrote (e.g. into ``Method.scratch_dir()``): on a miss the
+    cache MOVES it into the entry and points ``folder`` at its new place; on a hit ``folder`` is the
+    entry's copy (None when the entry has none).
+    """
+
     tensors: dict[str, Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
 
 
 @dataclass
@@ -115,17 +127,23 @@ class Cache:
         try:
             tensors = {k: v.detach().cpu().contiguous() for k, v in artefact.tensors.items()}
             save_file(tensors, str(tmp / "tensors.safetensors"))
+            if artefact.folder is not None:
+                shutil.move(str(artefact.folder), str(tmp / FILES))
             (tmp / "meta.json").write_text(json.dumps(artefact.meta, sort_keys=True, default=str))
             # key.json last: its presence marks a complete entry.
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
             try:
                 os.rename(tmp, path)
+                if artefact.folder is not None:
+                    artefact.folder = path / FILES
             except OSError:
                 # Another writer finished first (the target exists and is non-empty): keep theirs.
                 if not (path / "key.json").exists():
                     raise
                 self._check_key(path, key)
                 log.debug("cache entry %s was written concurrently; keeping the first", path)
+                if artefact.folder is not None:
+                    artefact.folder = path / FILES
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -151,4 +169,5 @@ def _read(path: Path) -> Artefact:
 
     tensors = load_file(str(path / "tensors.safetensors"))
     meta = json.loads((path / "meta.json").read_text())
-    return Artefact(tensors, meta)
+    folder = path / FILES
+    return Artefact(tensors, meta, folder if folder.is_dir() else None)

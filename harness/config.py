@@ -64,8 +64,35 @@ class Config:
         return cls()
 
     @classmethod
+    def smoke(cls) -> Self:
+        """Settings for a seconds-long check on a toy task of tens of points (``dabench check``).
+
+        Defaults to :meth:`quick`; a method overrides it only where its quick settings take minutes
+        or cannot work on 48 training points (e.g. a regularisation that needs more points than
+        dimensions).
+        """
+        return cls.quick()
+
+    @classmethod
+    def sweep(cls) -> tuple[dict[str, Any], ...]:
+        """The settings a suite runs side by side, as overrides of the preset (default: just the preset).
+
+        E.g. DualDA's three regularisation constants ``({"C": 1e-5}, {"C": 1e-3}, {"C": 1e-1})``;
+        every suite runs one configuration per entry.
+        """
+        return ({},)
+
+    @classmethod
+    def for_dataset(cls, dataset: str) -> dict[str, Any]:
+        """Overrides of the paper preset that differ by dataset (task name), e.g. LiSSA's recursion depth.
+
+        The ``paper`` suite applies them on top of :meth:`paper`; default: none.
+        """
+        return {}
+
+    @classmethod
     def preset(cls, name: str) -> Self:
-        presets = {"default": cls, "paper": cls.paper, "quick": cls.quick}
+        presets = {"default": cls, "paper": cls.paper, "quick": cls.quick, "smoke": cls.smoke}
         if name not in presets:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

@@ -18,6 +18,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness.config import Config, ConfigError, option
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # torch is imported lazily: `dabench list` must stay instant
     import torch
     from torch import Tensor, nn
 
-    from harness.cache import Cache
+    from harness.cache import Artefact, Cache
 
 
 class NotFittedError(RuntimeError):
@@ -147,24 +148,51 @@ def penultimate_features(model: nn.Module, x: Tensor, batch_size: int, device: t
     return torch.cat(parts) if parts else torch.empty(0, 0, device=device)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a model with neither."""
+    import itertools
+
+    import torch
+
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 # =============================================================================================
 # Method
 # =============================================================================================
 class Method(ABC):
     """A data attribution method (scikit-learn lifecycle, TRAK-like stages).
 
-    Subclasses set ``Config`` (a frozen :class:`~harness.config.Config`), ``version`` (bump when
-    outputs change, so comparisons do not mix versions) and ``supports``:
+    What a method writes (the rest is this base class' plumbing):
 
-    - ``"self_influence"``: :meth:`self_influence` is implemented;
+    - ``Config``: a frozen :class:`~harness.config.Config` (presets ``paper()``, ``quick()``, and
+      ``smoke()`` for the 48-point toy task of ``dabench check``; ``sweep()`` for a grid the suites run);
+    - :meth:`explain` (required), and :meth:`self_influence` where ``supports`` says so;
+    - optionally :meth:`compute` (the expensive, cacheable work, a pure function of model and
+      training data returning an :class:`~harness.cache.Artefact`), :meth:`load` (set the fitted
+      state from that artefact; runs on a cache miss and on a hit alike, so both give the same
+      scores) and :meth:`setup` (cheap checks and objects that both need).
+
+    :meth:`fit` is the base class': it records ``model_`` and ``device_``, calls :meth:`setup`,
+    looks :meth:`cache_key` up in the cache (methods that declare ``"cache"``), calls
+    :meth:`compute` only on a miss, then :meth:`load`, and marks the method fitted. The cache key is
+    (cache name, version, the config without ``cache_ignores``, training-data fingerprint, model
+    fingerprint, :meth:`cache_key_extra`); a method never builds one by hand.
+
+    ``supports`` declares capabilities, the harness asks (it never branches on a method's name):
+
+    - ``"self_influence"``: :meth:`self_influence` is implemented (mislabel detection reads it);
     - ``"sparse"``: explanations contain exact zeros by construction;
-    - ``"cache"``: :meth:`fit` stores its expensive work in the cache it is given;
+    - ``"cache"``: :meth:`fit` stores :meth:`compute`'s artefact in the cache it is given;
     - ``"feature_decomposition"``: the attribution is a sum over the penultimate features,
       ``a_i(x) = sum_k alpha_i^c phi_k(x) phi_k(x_i)``, and :meth:`feature_relevance` returns its
       terms (XDA, :mod:`harness.xda`, propagates them into the input images with LRP).
 
     ``attributes_through`` and ``self_influence_definition`` say, in words, which layers the
-    attributions go through and how self-influence is defined; both land in every record.
+    attributions go through and how self-influence is defined; both land in every record (a method
+    may refine them in :meth:`load`, when they depend on the model). Facts known only after fitting
+    (tracked modules, support size) come back through :meth:`diagnostics`.
 
     The harness times :meth:`fit`, :meth:`explain` and :meth:`self_influence`; methods do not.
     Before the timed fit it calls :meth:`warm_up` once and records that time apart
@@ -181,6 +209,14 @@ class Method(ABC):
     attributes_through: ClassVar[str] = "none"
     #: The self-influence definition in the paper's terms ("" without self-influence support).
     self_influence_definition: ClassVar[str] = ""
+    #: Names the method's cache entries ("": the registered name). Two methods whose fits are equal
+    #: still keep their own entries, so that each cold fit is its own cost.
+    cache_name: ClassVar[str] = ""
+    #: Config fields that do not change :meth:`compute`'s artefact: left out of the cache key, so
+    #: that settings that only change :meth:`explain` share one entry.
+    cache_ignores: ClassVar[frozenset[str]] = frozenset()
+    #: Cheap enough for all 60,000 MNIST training points on a CPU (the ``full`` suite runs these).
+    cheap: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None) -> None:
         if config is None:
@@ -191,6 +227,102 @@ class Method(ABC):
             )
         self.config = config
         self._fitted = False
+        #: The model given to :meth:`fit` and the device it sits on (set by :meth:`fit`).
+        self.model_: nn.Module | None = None
+        self.device_: torch.device | None = None
+        #: Whether the last :meth:`fit` read its artefact from the cache.
+        self.from_cache_ = False
+
+    # ----- what a method writes ----------------------------------------------------------------
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check the inputs and build what :meth:`compute` and :meth:`load` both need (cheap).
+
+        Runs on every :meth:`fit`, hit or miss, before the cache is consulted. Raise
+        :class:`DataError` (naming the fix) for inputs the method cannot use. Default: nothing.
+        """
+        return None
+
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """The expensive, cacheable work; called by :meth:`fit` only on a cache miss.
+
+        A pure function of ``model``, ``train`` and the config: it returns tensors (CPU or any
+        device; the cache stores them on the CPU), JSON-able ``meta``, and optionally a ``folder``
+        that a library wrote (see :meth:`scratch_dir`), which the cache moves into the entry. Sets no
+        attribute that :meth:`load` does not set too. Default: an empty artefact.
+        """
+        from harness.cache import Artefact
+
+        return Artefact()
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Set the fitted state from ``artefact`` (fresh from :meth:`compute` or read from the cache).
+
+        Both paths run this same code, so a cache hit gives the scores of a cold fit; tensors read
+        from the cache are on the CPU (move them to ``self.device_``). Default: nothing.
+        """
+        return None
+
+    def cache_key_extra(self, model: nn.Module, train: Split) -> dict[str, Any]:
+        """Key entries beyond the config and the fingerprints (e.g. a library's version). Default: none."""
+        return {}
+
+    # ----- owned by the base class ---------------------------------------------------------------
+    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
+        """All expensive, cacheable work (``model`` is in eval mode on its device).
+
+        Parameters
+        ----------
+        model:
+            The trained model; kept as ``model_``, its device as ``device_``.
+        train:
+            The training split the attributions refer to.
+        cache:
+            Where :meth:`compute`'s artefact is stored under :meth:`cache_key` (methods that declare
+            ``"cache"``); otherwise :meth:`compute` runs on every fit.
+        """
+        self._fitted = False
+        self.model_ = model
+        self.device_ = _device_of(model)
+        self.setup(model, train)
+        if "cache" in self.supports:
+            misses = cache.stats.misses
+            artefact = cache.get_or_create(self.cache_key(model, train), lambda: self.compute(model, train))
+            self.from_cache_ = cache.stats.misses == misses
+        else:
+            artefact = self.compute(model, train)
+            self.from_cache_ = False
+        self.load(artefact, model, train)
+        self._fitted = True
+
+    def cache_key(self, model: nn.Module, train: Split) -> dict[str, Any]:
+        """The content key of :meth:`compute`'s artefact for ``model`` and ``train``."""
+        from harness.measures import model_fingerprint
+
+        config = {k: v for k, v in self.config.to_dict().items() if k not in self.cache_ignores}
+        return {
+            "method": self.cache_name or self.name or type(self).__name__,
+            "version": self.version,
+            "config": config,
+            "train": train.fingerprint(),
+            "model": model_fingerprint(model),
+            **self.cache_key_extra(model, train),
+        }
+
+    def scratch_dir(self) -> Path:
+        """A fresh temporary folder, removed with this instance (for a library's files).
+
+        A :meth:`compute` that has a library write a folder (kronfluence's factors, traker's
+        store) writes it here and returns ``Artefact(folder=...)``; the cache moves it into the
+        entry (locked, atomic, key-checked like every entry) and :meth:`load` reads it from
+        ``artefact.folder``.
+        """
+        import shutil
+        import tempfile
+        import weakref
+
+        path = Path(tempfile.mkdtemp(prefix=f"dabench-{self.name or type(self).__name__}-"))
+        weakref.finalize(self, shutil.rmtree, path, True)
+        return path
 
     def warm_up(self, device: torch.device) -> None:
         """Pay this process' one-off costs before the timed fit (default: nothing).
@@ -211,10 +343,6 @@ class Method(ABC):
         table measures, and the record states it.
         """
         return None
-
-    @abstractmethod
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """All expensive, cacheable work. ``model`` is in eval mode on its device."""
 
     @abstractmethod
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:

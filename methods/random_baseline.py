@@ -35,7 +35,7 @@ from harness.protocols import Method, Split
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from harness.cache import Cache
+    from harness.cache import Artefact
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +91,17 @@ class RandomAttribution(Method):
     supports = frozenset({"self_influence"})
     attributes_through = "none"
     self_influence_definition = "i.i.d. random draws (seeded): the floor of mislabel detection"
+    cheap = True
+
+    config: RandomConfig
 
     def __init__(self, config: RandomConfig | None = None) -> None:
         super().__init__(config)
         self.n_train_: int | None = None
 
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Store the number of training points; nothing else is needed.
-
-        Parameters
-        ----------
-        model:
-            Unused (the scores do not depend on the model).
-        train:
-            The training split; only ``len(train)`` is read.
-        cache:
-            Unused: there is nothing worth caching.
-        """
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Keep the number of training points: the scores need nothing else (no cache)."""
         self.n_train_ = len(train)
-        self._fitted = True
 
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:
         """Random scores for each test input.
@@ -128,7 +120,7 @@ class RandomAttribution(Method):
         """
         self._require_fitted()
         assert self.n_train_ is not None
-        config: RandomConfig = self.config  # type: ignore[assignment]
+        config = self.config
         rows = []
         generator = torch.Generator(device="cpu")  # CPU: identical draws on every device
         for row in x:
@@ -146,7 +138,7 @@ class RandomAttribution(Method):
         """``(n_train,)`` float32 random draws, a pure function of the seed and ``n_train``."""
         self._require_fitted()
         assert self.n_train_ is not None
-        config: RandomConfig = self.config  # type: ignore[assignment]
+        config = self.config
         digest = hashlib.blake2b(f"{config.seed}|self|{self.n_train_}".encode(), digest_size=8)
         generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
         if config.distribution == "uniform":

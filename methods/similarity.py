@@ -37,13 +37,11 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option
-from harness.measures import model_fingerprint
 from harness.protocols import Method, Split, feature_split
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,8 @@ class _Similarity(Method):
 
     Config = SimilarityConfig
     version = "1"
+    cache_ignores = frozenset({"metric"})
+    cheap = True
     #: Name of the representation in the cache key ("features" or "input").
     layer: ClassVar[str] = ""
 
@@ -79,8 +79,6 @@ class _Similarity(Method):
         self.train_features_: Tensor | None = None  # (n_train, d) float32, model device
         self.train_labels_: Tensor | None = None  # (n_train,) long, model device
         self.train_sq_norms_: Tensor | None = None  # (n_train,) for l2
-        self._model: nn.Module | None = None
-        self._device: torch.device | None = None
 
     # ----- representation ---------------------------------------------------------------------
     def _represent(self, model: nn.Module, x: Tensor) -> Tensor:
@@ -104,61 +102,31 @@ class _Similarity(Method):
             return torch.empty(0, 0, dtype=torch.float32, device=device)
         return torch.cat(parts)
 
-    def _cache_key(self, model: nn.Module, train: Split) -> dict[str, str | int]:
-        # The similarity metric is left out (dot, cos and l2 share one entry); the batch size is
-        # kept because batched kernels may round differently, and a hit must equal a cold fit.
-        return {
-            "method": type(self).__name__,
-            "version": self.version,
-            "layer": self.layer,
-            "batch_size": self.config.batch_size,  # type: ignore[attr-defined]
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-        }
-
     # ----- lifecycle --------------------------------------------------------------------------
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Compute (or load from ``cache``) the train representations ``(n_train, d)``.
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """The train representations ``(n_train, d)`` float32 and labels ``(n_train,)``, on the CPU.
 
-        Parameters
-        ----------
-        model:
-            The trained model, on its device.
-        train:
-            Training split: ``x`` ``(n_train, *input_shape)``, ``y`` ``(n_train,)`` (the labels the
-            model was trained on; they sign the attributions).
-        cache:
-            Where the representations and labels are stored, keyed by method, version, layer,
-            batch size, training data fingerprint and model fingerprint (methods that declare
-            ``"cache"`` only).
+        Cached (FeatureSimilarity) under the method, version, batch size (batched kernels may round
+        differently, and a hit must equal a cold fit), training data and model; the similarity
+        ``metric`` is left out of the key, so dot, cos and l2 share one entry.
         """
-        device = _model_device(model)
+        log.info(
+            "%s: computing %s of %d training points", self.name or type(self).__name__, self.layer, len(train)
+        )
+        assert self.device_ is not None
+        features = self._features(model, train.x, self.device_)
+        return Artefact(
+            tensors={
+                "features": features.detach().to("cpu", torch.float32).contiguous(),
+                "labels": train.y.detach().to("cpu", torch.long).contiguous(),
+            },
+            meta={"n_train": len(train), "dim": int(features.shape[1])},
+        )
 
-        def compute() -> Artefact:
-            log.info(
-                "%s: computing %s of %d training points",
-                self.name or type(self).__name__,
-                self.layer,
-                len(train),
-            )
-            features = self._features(model, train.x, device)
-            return Artefact(
-                tensors={
-                    "features": features.detach().to("cpu", torch.float32).contiguous(),
-                    "labels": train.y.detach().to("cpu", torch.long).contiguous(),
-                },
-                meta={"n_train": len(train), "dim": int(features.shape[1])},
-            )
-
-        if "cache" in self.supports:
-            artefact = cache.get_or_create(self._cache_key(model, train), compute)
-        else:
-            artefact = compute()
-        # Both paths (miss: in-memory CPU tensors; hit: loaded from disk) run the same code below,
-        # so a cache hit gives bit-identical explanations.
-        self._set_train(artefact.tensors["features"], artefact.tensors["labels"], device)
-        self._model = model
-        self._fitted = True
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Keep the representations on the model's device (normalised for cos, squared norms for l2)."""
+        assert self.device_ is not None
+        self._set_train(artefact.tensors["features"], artefact.tensors["labels"], self.device_)
 
     def _set_train(self, features: Tensor, labels: Tensor, device: torch.device) -> None:
         metric = self.config.metric  # type: ignore[attr-defined]
@@ -168,7 +136,6 @@ class _Similarity(Method):
         self.train_features_ = features
         self.train_labels_ = labels.to(device=device, dtype=torch.long)
         self.train_sq_norms_ = (features * features).sum(dim=1) if metric == "l2" else None
-        self._device = device
 
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:
         """Signed similarities of each test input to every training point.
@@ -187,12 +154,12 @@ class _Similarity(Method):
             ``+1`` where ``y_i == targets[j]`` and ``-1`` elsewhere.
         """
         self._require_fitted()
-        assert self._model is not None and self._device is not None
+        assert self.model_ is not None and self.device_ is not None
         assert self.train_features_ is not None and self.train_labels_ is not None
         metric = self.config.metric  # type: ignore[attr-defined]
-        z = self._features(self._model, x, self._device)
+        z = self._features(self.model_, x, self.device_)
         if z.shape[0] == 0:
-            return torch.empty(0, len(self.train_labels_), dtype=torch.float32, device=self._device)
+            return torch.empty(0, len(self.train_labels_), dtype=torch.float32, device=self.device_)
         if metric == "cos":
             z = torch.nn.functional.normalize(z, dim=1)
         inner = z @ self.train_features_.T  # (n_test, n_train)
@@ -202,7 +169,7 @@ class _Similarity(Method):
             scores = 1.0 / (1.0 + sq_dist.clamp_min(0.0).sqrt())
         else:
             scores = inner
-        same = self.train_labels_[None, :] == targets.to(self._device).reshape(-1, 1)
+        same = self.train_labels_[None, :] == targets.to(self.device_).reshape(-1, 1)
         return torch.where(same, scores, -scores).to(torch.float32)
 
     def diagnostics(self) -> dict[str, int]:
@@ -249,8 +216,3 @@ class InputSimilarity(_Similarity):
 
     def _represent(self, model: nn.Module, x: Tensor) -> Tensor:
         return x.flatten(start_dim=1).to(torch.float32)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
