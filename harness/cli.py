@@ -188,6 +188,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p_suite)
 
+    p_suite.add_argument(
+        "--list",
+        action="store_true",
+        help="print the grid, one line per run marked done, failed or to run, and run nothing",
+    )
+
+    p_check = sub.add_parser(
+        "check",
+        help="run the method contract on a method (plug-ins too) on the toy task; exit 1 on a failure",
+    )
+    p_check.add_argument("name", help="a registered method (dabench list methods)")
+    p_check.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="method config override"
+    )
+    p_check.add_argument(
+        "--preset",
+        default="smoke",
+        choices=["smoke", "quick", "paper", "default"],
+        help="config preset before the overrides (default smoke: the method's toy-task settings)",
+    )
+    p_check.add_argument("--plugin", action="append", default=[], metavar="PLUGIN", help=PLUGIN_HELP)
+    p_check.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
     p_report = sub.add_parser(
         "report",
         help="tables (CSV, Markdown, LaTeX), figures (PNG, PDF) and one HTML page from the records",
@@ -424,12 +447,54 @@ def cmd_suite(args: argparse.Namespace) -> int:
         task_options=tuple(task_options),
     )
     specs = get_suite(args.name, options, results_dir=args.results_dir, cache_dir=args.cache_dir)
+    if args.list:
+        return _list_suite(args.name, specs)
     overrides = _timing_overrides(args)
     if overrides:
         specs = [dataclasses.replace(s, timing=dataclasses.replace(s.timing, **overrides)) for s in specs]
     status = _run_specs(specs, args)
     cmd_report(argparse.Namespace(results_dir=args.results_dir, out=None))
     return status
+
+
+def _list_suite(name: str, specs: list[Any]) -> int:
+    """One line per run of the suite: done / failed / to run, setting, method, seed, metrics."""
+    from harness.runner import existing_status, method_label
+
+    counts = {"done": 0, "failed": 0, "to run": 0}
+    lines = []
+    for spec in specs:
+        resolved = spec.resolve()
+        status = existing_status(resolved.record_path())
+        mark = {"ok": "done", "failed": "failed"}.get(status or "", "to run")
+        counts[mark] += 1
+        task = resolved.task.config
+        sizes = f"n_train={task.n_train or 'all'} n_test={task.n_test or 'all'}"
+        setting = f"{resolved.task.name}/{task.variant} {sizes}"
+        metrics = ",".join(m.name for m in resolved.metrics)
+        lines.append(f"{mark:<7} {setting}  {method_label(resolved.method)}  seed={spec.seed}  [{metrics}]")
+    print("\n".join(lines))
+    records = os.path.join(specs[0].results_dir, "records") if specs else "records"
+    print(
+        f"suite {name}: {len(specs)} runs: {counts['done']} done, {counts['failed']} failed, "
+        f"{counts['to run']} to run (records in {records})"
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.check import check_method, format_table, passed
+
+    overrides = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE")
+        overrides[key.strip()] = value.strip()
+    METHODS.check_name(args.name)
+    results = check_method(args.name, overrides, preset=args.preset)
+    print(format_table(args.name, results))
+    return 0 if passed(results) else 1
 
 
 def _print_verdicts(report: Any) -> None:
@@ -533,6 +598,7 @@ COMMANDS = {
     "list": cmd_list,
     "run": cmd_run,
     "suite": cmd_suite,
+    "check": cmd_check,
     "report": cmd_report,
     "bench": cmd_bench,
     "compare": cmd_compare,

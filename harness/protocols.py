@@ -233,6 +233,16 @@ class Method(ABC):
         #: Whether the last :meth:`fit` read its artefact from the cache.
         self.from_cache_ = False
 
+    @classmethod
+    def serves(cls, metric: type[Metric] | Metric) -> bool:
+        """Whether this method gives everything ``metric`` reads (``Metric.needs``).
+
+        Explanations every method gives; self-influence only a method that declares
+        ``"self_influence"``. Suites plan a metric for a method only where this holds.
+        """
+        gives = {"explanations"} | ({"self_influence"} if "self_influence" in cls.supports else set())
+        return set(metric.needs) <= gives
+
     # ----- what a method writes ----------------------------------------------------------------
     def setup(self, model: nn.Module, train: Split) -> None:
         """Check the inputs and build what :meth:`compute` and :meth:`load` both need (cheap).
@@ -451,6 +461,8 @@ class Task(ABC):
     version: ClassVar[str] = "1"
     variants: ClassVar[tuple[str, ...]] = ("std",)
     architecture: ClassVar[str] = ""
+    #: The dataset is read from ``--data-root`` (not embedded): suites pass the folder on to it.
+    needs_data_root: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfig | None = None) -> None:
         config = config if config is not None else self.Config()

@@ -101,6 +101,11 @@ class Registry(Generic[T]):
         self._ensure_catalogue()
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """The names in registration order: the catalogue's, then plug-ins' (the order of the tables)."""
+        self._ensure_catalogue()
+        return list(self._entries)
+
     def entries(self) -> Iterator[Entry]:
         self._ensure_catalogue()
         for name in sorted(self._entries):

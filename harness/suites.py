@@ -28,26 +28,6 @@ from dataclasses import dataclass, field
 from harness.config import ConfigError
 from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
-DUALDA_C_GRID = (1e-5, 1e-3, 1e-1)  # the paper's grid (methods.dualda.C_GRID; not imported: no torch here)
-
-#: Every registered method, in the order of the tables (DualDA expands to its C grid).
-ALL_METHODS = (
-    "dualda",
-    "representer",
-    "lissa",
-    "arnoldi",
-    "ekfac",
-    "tracin",
-    "graddot",
-    "gradcos",
-    "trak",
-    "feature_similarity",
-    "input_similarity",
-    "random",
-)
-#: The methods cheap enough for all 60,000 MNIST training points on a CPU (the ``full`` suite).
-CHEAP_METHODS = ("dualda", "representer", "feature_similarity", "input_similarity", "random")
-
 #: Which metrics each variant's model serves (the paper's seven, plus sparsity and top-k cardinality).
 VARIANT_METRICS: dict[str, tuple[str, ...]] = {
     "std": ("class_detection", "lds", "coreset_selection", "data_pruning", "sparsity", "topk_cardinality"),
@@ -57,20 +37,6 @@ VARIANT_METRICS: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(VARIANT_METRICS)
 
-#: Arnoldi's modules on AwA2: the paper's ``classifier`` and ``features.7.2.conv2`` (reference naming,
-#: ``features`` a Sequential of the ResNet's stages, so index 7 is ``layer4``); our ResNet wrapper
-#: (tasks/resnets.py) keeps torchvision's stage names, so the same convolution is ``features.layer4.2.conv2``.
-ARNOLDI_AWA2_LAYERS = ("classifier", "features.layer4.2.conv2")
-
-#: Paper settings that differ by dataset (DualXDA paper): LiSSA depth 6000 / 5000 / 3700 for MNIST /
-#: CIFAR-10 / AwA2 (the LiSSA module's paper() preset holds MNIST's); Arnoldi through all parameters on
-#: MNIST and CIFAR-10 (its paper() preset) but only the classifier and the last bottleneck's second
-#: convolution on AwA2.
-PAPER_DATASET_OVERRIDES: dict[tuple[str, str], tuple[tuple[str, object], ...]] = {
-    ("lissa", "cifar10"): (("depth", 5000),),
-    ("lissa", "awa2"): (("depth", 3700),),
-    ("arnoldi", "awa2"): (("layers", ARNOLDI_AWA2_LAYERS),),
-}
 DATASETS = ("mnist", "cifar10", "awa2")
 SCALING_SIZES = (600, 1000, 1500, 2000)  # from 600: TRAK's quick proj_dim 512 needs more points
 
@@ -98,15 +64,38 @@ class SuiteOptions:
         return tuple(c for c in names if c in chosen)
 
 
+def all_methods() -> tuple[str, ...]:
+    """Every registered method (plug-ins included), in registration order: the order of the tables."""
+    from harness.registry import METHODS
+
+    return tuple(METHODS.in_order())
+
+
+def cheap_methods() -> tuple[str, ...]:
+    """The registered methods that declare ``cheap``: they fit all 60,000 MNIST points on a CPU."""
+    from harness.registry import METHODS
+
+    return tuple(name for name in METHODS.in_order() if METHODS.get(name).cheap)
+
+
 def _methods(names: Sequence[str], preset: str, dataset: str) -> list[ComponentSpec]:
+    """One spec per method and point of its declared sweep; the paper preset adds the dataset's settings."""
+    from harness.registry import METHODS
+
     specs = []
     for name in names:
-        if name == "dualda":
-            specs += [ComponentSpec("dualda", (("C", c),), preset) for c in DUALDA_C_GRID]
-        else:
-            extra = PAPER_DATASET_OVERRIDES.get((name, dataset), ()) if preset == "paper" else ()
-            specs.append(ComponentSpec(name, extra, preset))
+        config = METHODS.get(name).Config
+        base = tuple(config.for_dataset(dataset).items()) if preset == "paper" else ()
+        specs += [ComponentSpec(name, base + tuple(point.items()), preset) for point in config.sweep()]
     return specs
+
+
+def _served(method: str, metrics: Sequence[str]) -> tuple[str, ...]:
+    """The metrics of ``metrics`` that ``method`` serves (none that read self-influence without it)."""
+    from harness.registry import METHODS, METRICS
+
+    method_cls = METHODS.get(method)
+    return tuple(m for m in metrics if method_cls.serves(METRICS.get(m)))
 
 
 def _task_options_for(dataset: str, task_options: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -145,6 +134,8 @@ def _grid(
     seeds = options.seeds or seeds
     n_train = options.n_train if options.n_train is not None else n_train
     n_test = options.n_test if options.n_test is not None else n_test
+    from harness.registry import TASKS
+
     every_metric = {m for ms in metrics.values() for m in ms}
     unknown = [m for m in options.metrics if m not in every_metric]
     if unknown:
@@ -155,14 +146,17 @@ def _grid(
         for variant in variants:
             overrides: list[tuple[str, object]] = [("variant", variant)]
             overrides += [(k, v) for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None]
-            if options.data_root is not None and dataset != "mnist":
+            if options.data_root is not None and TASKS.get(dataset).needs_data_root:
                 overrides.append(("data_root", options.data_root))
             overrides += _task_options_for(dataset, options.task_options)
             task = ComponentSpec(dataset, tuple(overrides), preset)
             chosen = options.pick(methods, options.methods, "method")
             kept = [m for m in metrics[variant] if not options.metrics or m in options.metrics]
-            metric_specs = tuple(ComponentSpec(m, preset=preset) for m in kept)
             for method in _methods(chosen, preset, dataset):
+                served = _served(method.name, kept)
+                if not served:
+                    continue  # this variant's metrics all need what the method does not have
+                metric_specs = tuple(ComponentSpec(m, preset=preset) for m in served)
                 for seed in seeds:
                     specs.append(
                         RunSpec(
@@ -187,7 +181,7 @@ def default(options: SuiteOptions) -> list[RunSpec]:
         options,
         datasets=("mnist",),
         variants=VARIANTS,
-        methods=ALL_METHODS,
+        methods=all_methods(),
         n_train=1000,
         n_test=500,
         preset="quick",
@@ -209,7 +203,7 @@ def quick(options: SuiteOptions) -> list[RunSpec]:
         options,
         datasets=("mnist",),
         variants=VARIANTS,
-        methods=ALL_METHODS,
+        methods=all_methods(),
         n_train=600,
         n_test=50,
         preset="quick",
@@ -223,7 +217,7 @@ def full(options: SuiteOptions) -> list[RunSpec]:
         options,
         datasets=("mnist",),
         variants=("std",),
-        methods=CHEAP_METHODS,
+        methods=cheap_methods(),
         n_train=None,
         n_test=2000,
         preset="quick",
@@ -241,7 +235,7 @@ def scaling(options: SuiteOptions) -> list[RunSpec]:
             sized,
             datasets=("mnist",),
             variants=("std",),
-            methods=ALL_METHODS,
+            methods=all_methods(),
             n_train=size,
             n_test=50,
             preset="quick",
@@ -259,7 +253,7 @@ def methods(options: SuiteOptions) -> list[RunSpec]:
         options,
         datasets=("mnist",),
         variants=("std",),
-        methods=ALL_METHODS,
+        methods=all_methods(),
         n_train=2000,
         n_test=100,
         preset="quick",
@@ -273,7 +267,10 @@ def paper(options: SuiteOptions) -> list[RunSpec]:
 
     2,000 explained test points per dataset as in the paper; CIFAR-10 and AwA2 need ``--data-root``.
     """
-    if options.data_root is None and set(options.pick(DATASETS, options.datasets, "dataset")) - {"mnist"}:
+    from harness.registry import TASKS
+
+    chosen = options.pick(DATASETS, options.datasets, "dataset")
+    if options.data_root is None and any(TASKS.get(d).needs_data_root for d in chosen):
         raise ConfigError(
             "the paper suite reads CIFAR-10 and AwA2 from --data-root DIR (see README, 'Tasks and "
             "variants'); give it, or run only MNIST with --datasets mnist"
@@ -282,7 +279,7 @@ def paper(options: SuiteOptions) -> list[RunSpec]:
         options,
         datasets=DATASETS,
         variants=VARIANTS,
-        methods=ALL_METHODS,
+        methods=all_methods(),
         n_train=None,
         n_test=2000,
         preset="paper",

@@ -1,26 +1,12 @@
 """The method catalogue: one line per method (name, "module:Class", one-line description).
 
-Adding a method = one new file in this folder plus one line below. Entries are lazy: nothing here
-imports torch, so `dabench list methods` stays instant.
+Adding a method = one new file in this folder plus one line below; every suite then runs it (in this
+order, the order of the tables, after which come plug-ins). Entries are lazy: nothing here imports
+torch, so `dabench list methods` stays instant.
 """
 
 from harness.registry import METHODS
 
-METHODS.add(
-    "random",
-    "methods.random_baseline:RandomAttribution",
-    "Seeded uniform random scores: the floor every method must beat.",
-)
-METHODS.add(
-    "feature_similarity",
-    "methods.similarity:FeatureSimilarity",
-    "Dot/cos/l2 similarity of penultimate features, signed by label agreement (paper appx).",
-)
-METHODS.add(
-    "input_similarity",
-    "methods.similarity:InputSimilarity",
-    "Dot/cos/l2 similarity of raw inputs, signed by label agreement (paper appx).",
-)
 METHODS.add(
     "dualda",
     "methods.dualda:DualDA",
@@ -65,4 +51,19 @@ METHODS.add(
     "trak",
     "methods.trak:TRAK",
     "TRAK (Park et al. 2023) via traker: projected whitened gradients, class margin, one checkpoint.",
+)
+METHODS.add(
+    "feature_similarity",
+    "methods.similarity:FeatureSimilarity",
+    "Dot/cos/l2 similarity of penultimate features, signed by label agreement (paper appx).",
+)
+METHODS.add(
+    "input_similarity",
+    "methods.similarity:InputSimilarity",
+    "Dot/cos/l2 similarity of raw inputs, signed by label agreement (paper appx).",
+)
+METHODS.add(
+    "random",
+    "methods.random_baseline:RandomAttribution",
+    "Seeded uniform random scores: the floor every method must beat.",
 )

@@ -399,6 +399,7 @@ class AwA2Task(ImageTask):
     without a usable ``pretrained_weights`` file (see the module docstring).
     """
 
+    needs_data_root = True
     Config = AwA2Config
     version = "2"
     architecture = "resnet50_awa2"

@@ -287,6 +287,7 @@ class CIFAR10Config(ResNetTaskConfig):
 class CIFAR10Task(ImageTask):
     """CIFAR-10 from ``--data-root`` (50,000 train, 2,000 val, 8,000 test) with the paper's ResNet-18."""
 
+    needs_data_root = True
     Config = CIFAR10Config
     version = "2"
     architecture = "resnet18_cifar"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.config import ConfigError
-from harness.registry import METHODS
-from harness.suites import ALL_METHODS, ARNOLDI_AWA2_LAYERS, SUITES, VARIANT_METRICS, SuiteOptions, get_suite
+from harness.registry import METHODS, METRICS
+from harness.suites import SUITES, VARIANT_METRICS, SuiteOptions, all_methods, get_suite
 
 
 @pytest.mark.parametrize("name", sorted(SUITES))
@@ -27,18 +29,25 @@ def test_every_spec_resolves(name: str) -> None:
 
 def test_default_suite_is_the_papers_grid() -> None:
     resolved = [s.resolve() for s in get_suite("default")]
-    assert set(ALL_METHODS) == set(METHODS.names())  # every registered method is in the suite
+    assert all_methods() == tuple(METHODS.in_order())  # every registered method is in the suite
     by_variant: dict[str, set[str]] = {}
     for r in resolved:
         by_variant.setdefault(r.task.config.variant, set()).add(r.method.name)
-        assert {m.name for m in r.metrics} == set(VARIANT_METRICS[r.task.config.variant])
+        # each run computes the variant's metrics that its method serves (mislabel detection: self-influence)
+        served = {m for m in VARIANT_METRICS[r.task.config.variant] if type(r.method).serves(METRICS.get(m))}
+        assert {m.name for m in r.metrics} == served and served
         assert (r.task.config.n_train, r.task.config.n_test) == (1000, 500)
     assert set(by_variant) == {"std", "group", "corrupt", "mark"}
     seeds: dict[tuple[str, str], set[int]] = {}
     for spec in get_suite("default"):
         seeds.setdefault((dict(spec.task.overrides)["variant"], repr(spec.method)), set()).add(spec.seed)
     assert all(s == {0, 1, 2} for s in seeds.values())  # three model seeds for every run
-    assert all(names == set(ALL_METHODS) for names in by_variant.values())
+    assert all(names == set(all_methods()) for names in by_variant.values())
+    no_self_influence = {n for n in all_methods() if "self_influence" not in METHODS.get(n).supports}
+    assert no_self_influence, "the grid has methods without self-influence (e.g. gradcos)"
+    for r in resolved:
+        if r.method.name in no_self_influence:
+            assert "mislabel_detection" not in {m.name for m in r.metrics}
     dualda_cs = sorted(
         {r.method.config.C for r in resolved if r.method.name == "dualda" and r.task.config.variant == "std"}
     )
@@ -98,10 +107,47 @@ def test_arnoldi_awa2_layers_are_modules_of_the_awa2_resnet50(tmp_path) -> None:
     conv = modules["features.layer4.2.conv2"]  # the last bottleneck's 3x3 convolution
     assert isinstance(conv, nn.Conv2d) and conv.weight.shape == (512, 512, 3, 3)
     assert [n for n in modules if n.startswith("features.") and n.count(".") == 1][7] == "features.layer4"
-    assert _check_layers(model, ARNOLDI_AWA2_LAYERS) == list(ARNOLDI_AWA2_LAYERS)  # Arnoldi accepts them
+    layers = METHODS.get("arnoldi").Config.for_dataset("awa2")["layers"]  # the paper suite's
+    assert _check_layers(model, layers) == list(layers)  # Arnoldi accepts them
 
 
 def test_seeds_option_overrides_the_suites_seeds() -> None:
     specs = get_suite("default", SuiteOptions(seeds=(7, 8), methods=("random",)))
     assert {s.seed for s in specs} == {7, 8} and len(specs) == 4 * 2  # four variants, two seeds
     assert {s.seed for s in get_suite("quick", SuiteOptions(methods=("random",)))} == {0}
+
+
+def test_suites_derive_methods_and_sweeps_from_the_registry(monkeypatch) -> None:
+    """A method registered from outside joins every suite; its declared sweep expands, and a metric it
+    cannot serve is not planned for it (no method name appears in harness/suites.py)."""
+    from dataclasses import dataclass
+
+    from harness.config import option
+    from harness.protocols import Method
+    from methods.random_baseline import RandomAttribution, RandomConfig
+
+    @dataclass(frozen=True, kw_only=True)
+    class SweptConfig(RandomConfig):
+        scale: float = option(1.0, "a swept option, for the test")
+
+        @classmethod
+        def sweep(cls) -> tuple[dict[str, object], ...]:
+            return ({"scale": 1.0}, {"scale": 2.0})
+
+    class Swept(RandomAttribution):
+        Config = SweptConfig
+        supports = frozenset()  # no self-influence: no mislabel detection
+
+    assert issubclass(Swept, Method)
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    METHODS.add("swept_test_method", Swept, "for a test")
+    specs = [s for s in get_suite("default") if s.method.name == "swept_test_method"]
+    assert len(specs) == 4 * 2 * 3  # four variants, two sweep points, three seeds
+    assert {dict(s.method.overrides)["scale"] for s in specs} == {1.0, 2.0}
+    corrupt = [s for s in specs if dict(s.task.overrides)["variant"] == "corrupt"]
+    assert {m.name for s in corrupt for m in s.metrics} == {"class_detection"}
+    assert all_methods()[-1] == "swept_test_method"  # plug-ins come after the catalogue
+    source = (Path(__file__).resolve().parent.parent / "harness" / "suites.py").read_text()
+    for name in METHODS.names():
+        assert f'"{name}"' not in source, f"harness/suites.py names the method {name!r}"
