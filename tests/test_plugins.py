@@ -6,7 +6,9 @@ Every check runs the CLI in a fresh subprocess, so nothing registered here leaks
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -41,9 +43,8 @@ class Constant(Method):
     supports = frozenset()
     attributes_through = "none"
 
-    def fit(self, model, train, *, cache):
+    def load(self, artefact, model, train):
         self.n_train_ = len(train)
-        self._fitted = True
 
     def explain(self, x, targets):
         self._require_fitted()
@@ -58,13 +59,15 @@ def write_method(folder: Path, stem: str, name: str, description: str = "An outs
     return path
 
 
-def dabench(*args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+def dabench(
+    *args: str, cwd: Path, pythonpath: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``dabench`` in ``cwd``; PYTHONPATH is only ``pythonpath`` (or unset)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
-        [str(DABENCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [str(DABENCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -235,3 +238,62 @@ def test_workers_load_the_same_plugins(installed_site: Path, tmp_path: Path) -> 
     assert worker.returncode == 0, worker.stderr.decode()
     names = worker.stdout.decode().strip().split(",")
     assert {"file_method", "mod_method", "mine", "random"} <= set(names)
+
+
+# ----- the README's method, installed as a package: listed, checked, planned and ranked ---------------
+def readme_method() -> str:
+    """The code block of the README's "Add your method" section (the file ``my_method.py``)."""
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"```python\n(# my_method\.py\n.*?)```", text, re.S)
+    assert match, "README.md lost its '# my_method.py' example"
+    return match.group(1)
+
+
+def test_readme_method_runs_as_a_plugin_file(tmp_path: Path) -> None:
+    """The README's steps as written: ``dabench check nearest --plugin my_method.py`` passes."""
+    (tmp_path / "my_method.py").write_text(readme_method())
+    result = dabench("check", "nearest", "--plugin", "my_method.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nearest: all checks passed" in result.stdout
+    assert re.search(r"cache hit +pass", result.stdout)
+
+
+@pytest.mark.slow
+def test_an_installed_outside_method_is_listed_checked_planned_and_ranked(tmp_path: Path) -> None:
+    """Issue 15's "done when": the README's method as a pip-installed package with a dabench.plugins
+    entry point, no flag anywhere."""
+    site = tmp_path / "site"
+    package = make_package(
+        tmp_path / "src", "my_package", "my-package", readme_method(), 'nearest = "my_package.plugin"'
+    )
+    pip_install(package, site)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    assert "nearest" in listed(dabench("list", "methods", cwd=work, pythonpath=site))
+
+    check = dabench("check", "nearest", cwd=work, pythonpath=site)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "nearest: all checks passed" in check.stdout
+
+    planned = dabench("suite", "default", "--list", cwd=work, pythonpath=site)
+    assert planned.returncode == 0, planned.stderr
+    mine = [line for line in planned.stdout.splitlines() if "  nearest  " in line]
+    assert len(mine) == 4 * 3  # four variants, three seeds
+    assert all(line.startswith("to run") for line in mine)
+    assert not [line for line in mine if "mislabel_detection" in line]  # no self-influence declared
+
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    small = ["--methods", "nearest,feature_similarity,random", "--n-train", "120", "--n-test", "20"]
+    small += ["--metrics", "class_detection", "--results-dir", str(results), "--cache-dir", str(cache)]
+    run = dabench("suite", "quick", *small, cwd=work, pythonpath=site, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    with open(results / "tables" / "ranks.csv") as handle:
+        ranks = list(csv.DictReader(handle))
+    assert {row["method"] for row in ranks} == {"nearest", "feature_similarity", "random"}
+    assert all(row["avg_rank"] for row in ranks)
+    with open(results / "tables" / "metrics.csv") as handle:
+        assert any(row["method"] == "nearest" and row["class_detection"] for row in csv.DictReader(handle))
+    # the same grid again: every record is reused, nothing computes
+    again = dabench("suite", "quick", *small, "--list", cwd=work, pythonpath=site)
+    assert "0 to run" in again.stdout, again.stdout
