@@ -285,7 +285,8 @@ def test_an_installed_outside_method_is_listed_checked_planned_and_ranked(tmp_pa
 
     results, cache = tmp_path / "results", tmp_path / "cache"
     small = ["--methods", "nearest,feature_similarity,random", "--n-train", "120", "--n-test", "20"]
-    small += ["--metrics", "class_detection", "--results-dir", str(results), "--cache-dir", str(cache)]
+    small += ["--metrics", "class_detection", "--task-option", "epochs=2"]  # a model in seconds
+    small += ["--results-dir", str(results), "--cache-dir", str(cache)]
     run = dabench("suite", "quick", *small, cwd=work, pythonpath=site, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     with open(results / "tables" / "ranks.csv") as handle:
