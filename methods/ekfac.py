@@ -37,42 +37,37 @@ lambda))``, plain gradient dot products up to that constant).
 
 Cost and cache. ``fit`` = kronfluence's factor fitting (covariances, eigendecompositions, Lambda): one
 pass of per-example gradients over up to ``covariance_max_examples`` and one over up to
-``lambda_max_examples`` training points. kronfluence's output directory lives inside the harness
-cache at ``cache.path_for(key)``, the key being the content hashes of the model weights and of the
-training data plus every option that changes the factors; an entry is built in a temporary sibling
-directory and renamed into place (complete or absent), ``key.json`` beside kronfluence's files. A
-second ``fit`` on the same inputs reads the factors back without refitting. ``explain`` = the test
-points' measurement gradients and one pass of training gradients over the whole training set per call
-(kronfluence keeps no training gradients), written by kronfluence to a private scratch directory and
-deleted after reading.
+``lambda_max_examples`` training points. :meth:`EKFAC.compute` has kronfluence write its factors into a
+scratch folder that the harness cache moves into the entry (``<entry>/files``, ``key.json`` beside it),
+keyed by the model weights, the training data, the kronfluence version, the generator's device type and
+every option that changes the factors (damping and the scoring batch sizes act at scoring time only:
+they are left out, so they share one entry). :meth:`EKFAC.load` points kronfluence at that folder, on
+a miss and on a hit alike; a second ``fit`` on the same inputs reads the factors back without
+refitting. ``explain`` = the test points' measurement gradients and one pass of training gradients over
+the whole training set per call (kronfluence keeps no training gradients), written by kronfluence to a
+private scratch directory and deleted after reading.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
 import shutil
 import sys
-import tempfile
 import uuid
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from harness.cache import Artefact
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.measures import model_fingerprint
 from harness.protocols import CHECKPOINTS_ATTR, DataError, Method, Split
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +77,10 @@ FISHER = ("true", "empirical")
 PRECISIONS = ("auto", "float32", "float64")
 #: kronfluence 1.0.1's own default damping (ScoreArguments.damping_factor); the paper names none.
 KRONFLUENCE_DEFAULT_DAMPING = 1e-8
-#: The analysis and factor names inside a cache entry: <entry>/<ANALYSIS>/factors_<strategy>/.
+#: kronfluence's analysis name: its factors lie in <folder>/<ANALYSIS>/factors_<strategy>/.
 ANALYSIS = "kronfluence"
+#: Options that act at scoring time only: they do not change the fitted factors (the cache key).
+SCORING_OPTIONS = frozenset({"damping", "train_batch_size", "query_batch_size"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,9 +174,8 @@ class EKFACConfig(Config):
         return cls(covariance_max_examples=5_000, lambda_max_examples=5_000, max_module_params=100_000)
 
     def factor_options(self) -> dict[str, Any]:
-        """The options that change the fitted factors (the cache key); damping and scoring do not."""
-        skip = {"damping", "train_batch_size", "query_batch_size"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+        """The options that change the fitted factors (in the cache key); damping and scoring do not."""
+        return {k: v for k, v in self.to_dict().items() if k not in SCORING_OPTIONS}
 
 
 def _kronfluence_task(generator: torch.Generator | None, modules: tuple[str, ...]) -> Any:
@@ -261,6 +257,7 @@ class EKFAC(Method):
     self_influence_definition = (
         "g_i^T (G + damping I)^{-1} g_i / N, g_i the CE gradient at the training label, G the EK-FAC Fisher"
     )
+    cache_ignores = SCORING_OPTIONS
 
     config: EKFACConfig
 
@@ -272,26 +269,17 @@ class EKFAC(Method):
             self.self_influence_definition = (  # type: ignore[misc]
                 f"g_i^T (G + damping I)^{{-1}} g_i / N, G the {self.config.strategy} curvature"
             )
-        self._model: nn.Module | None = None  # the kronfluence-prepared copy
+        #: kronfluence's prepared deep copy of the given model (tracked modules wrapped), from setup().
+        self.wrapped_model_: nn.Module | None = None
+        #: Names of the modules kronfluence tracks in ``wrapped_model_``.
+        self.tracked_modules_: list[str] = []
         self._task: Any = None
-        self._device: torch.device | None = None
         self._dtype: torch.dtype = torch.float32
         self._factors_dir: Path | None = None
         self._scratch: Path | None = None
         self._train: Split | None = None
         self._self_influence: Tensor | None = None
         self.info_: dict[str, Any] = {}
-
-    # ----- cache -----------------------------------------------------------------------------
-    def _cache_key(self, model: nn.Module, train: Split) -> dict[str, Any]:
-        return {
-            "method": "EKFAC",
-            "version": self.version,
-            "kronfluence": _kronfluence_version(),
-            "model": model_fingerprint(model),
-            "train": train.fingerprint(),
-            **self.config.factor_options(),
-        }
 
     def _factor_args(self) -> Any:
         from kronfluence.arguments import FactorArguments
@@ -332,17 +320,29 @@ class EKFAC(Method):
         import kronfluence.arguments  # noqa: F401
         import kronfluence.task  # noqa: F401
 
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Fit kronfluence's factors on the training set, or read them back from the cache.
+    def cache_key_extra(self, model: nn.Module, train: Split) -> dict[str, Any]:
+        """kronfluence's version and the device type of the generator that draws the true-Fisher labels."""
+        assert self.device_ is not None, "cache_key is called by fit(), after device_ is set"
+        return {"kronfluence": _kronfluence_version(), "generator_device": self.device_.type}
+
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check the inputs and build kronfluence's task and its prepared copy of ``model``.
 
         Parameters
         ----------
         model:
-            The trained model on its device; it is not modified (kronfluence wraps a copy).
+            The trained model on its device; it is not modified (kronfluence wraps a deep copy,
+            ``wrapped_model_``, in float32 or float64 as ``precision`` says).
         train:
             ``x`` ``(n_train, *input_shape)``; ``y`` ``(n_train,)`` the labels the model was trained on.
-        cache:
-            Holds kronfluence's factor directory under ``cache.path_for(key)``.
+
+        Raises
+        ------
+        DataError
+            An empty training set, a model without parameters or without a module to track, or no
+            module small enough for ``max_module_params``.
+        ConfigError
+            ``modules`` names a module the model does not have.
         """
         if len(train) == 0:
             raise DataError("EKFAC: the training set is empty")
@@ -350,13 +350,11 @@ class EKFAC(Method):
         first = next(model.parameters(), None)
         if first is None:
             raise DataError("EKFAC: the model has no parameters")
-        self._device = first.device
         self._dtype = first.dtype if cfg.precision == "auto" else getattr(torch, cfg.precision)
         if self._dtype not in (torch.float32, torch.float64):
             raise DataError(f"EKFAC: precision {self._dtype} is not supported; use float32 or float64")
-
-        key = self._cache_key(model, train)
-        generator = torch.Generator(device=self._device).manual_seed(cfg.seed)
+        assert self.device_ is not None
+        generator = torch.Generator(device=self.device_).manual_seed(cfg.seed)
         modules = cfg.modules or _small_modules(model, cfg.max_module_params)
         if cfg.max_module_params is not None and not cfg.modules:
             if not modules:
@@ -366,31 +364,10 @@ class EKFAC(Method):
                 )
             self.attributes_through = "modules " + ", ".join(modules)  # type: ignore[misc]
         self._task = _kronfluence_task(generator, modules)
-        self._model = self._prepare(model)
-        self.tracked_modules_ = _tracked_modules(self._model)
+        self.wrapped_model_ = self._prepare(model)
+        self.tracked_modules_ = _tracked_modules(self.wrapped_model_)
         if not self.tracked_modules_:
             raise DataError("EKFAC: the model has no Linear or Conv2d module for kronfluence to track")
-
-        entry = cache.path_for(key)
-        if (entry / "key.json").exists():
-            _check_key(entry, key)
-            cache.stats.hits += 1
-            from_cache = True
-            log.info("ekfac: factors read from the cache at %s", entry)
-        else:
-            cache.stats.misses += 1
-            from_cache = False
-            self._fit_factors(train, entry, key)
-        self._factors_dir = entry / ANALYSIS / f"factors_{cfg.strategy}"
-        meta = json.loads((entry / "meta.json").read_text())
-        self.info_ = {**meta, "factors_from_cache": from_cache, "tracked_modules": self.tracked_modules_}
-
-        scratch = Path(tempfile.mkdtemp(prefix="ekfac-scores-"))
-        weakref.finalize(self, shutil.rmtree, scratch, True)
-        self._scratch = scratch
-        self._train = train
-        self._self_influence = None
-        self._fitted = True
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         """A kronfluence-prepared deep copy of ``model`` (eval mode, frozen, tracked modules wrapped)."""
@@ -406,60 +383,75 @@ class EKFAC(Method):
         except (ValueError, KeyError) as err:  # kronfluence names the missing modules
             raise ConfigError(f"EKFAC: cannot track modules {list(self.config.modules)}: {err}") from err
 
-    def _fit_factors(self, train: Split, entry: Path, key: dict[str, Any]) -> None:
-        """Fit the factors into a temporary sibling of ``entry``, then rename it into place."""
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """Fit kronfluence's factors on the training set (a cache miss).
+
+        kronfluence writes them into a scratch folder (``<folder>/kronfluence/factors_<strategy>/``),
+        returned as the artefact's ``folder``: the cache moves it into the entry.
+
+        Returns
+        -------
+        Artefact
+            ``folder`` with kronfluence's factor files; ``meta`` with ``n_train``, the numbers of
+            covariance and Lambda examples and the analysis dtype. No tensors.
+        """
         cfg = self.config
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-        try:
-            repeats = cfg.fisher_samples if cfg.fisher == "true" else 1
-            dataset = _RepeatedDataset(*_cpu_tensors(train.x, train.y, self._dtype), repeats)
-            batch = min(cfg.factor_batch_size, len(dataset))
-            log.info(
-                "ekfac: fitting %s factors on %d training points (%d label draws each), %d modules",
-                cfg.strategy,
-                len(train),
-                repeats,
-                len(self.tracked_modules_),
+        assert self.device_ is not None and self.wrapped_model_ is not None
+        folder = self.scratch_dir()
+        repeats = cfg.fisher_samples if cfg.fisher == "true" else 1
+        dataset = _RepeatedDataset(*_cpu_tensors(train.x, train.y, self._dtype), repeats)
+        batch = min(cfg.factor_batch_size, len(dataset))
+        log.info(
+            "ekfac: fitting %s factors on %d training points (%d label draws each), %d modules",
+            cfg.strategy,
+            len(train),
+            repeats,
+            len(self.tracked_modules_),
+        )
+        analyzer = _analyzer(self.wrapped_model_, self._task, folder, cpu=self.device_.type == "cpu")
+        analyzer.fit_all_factors(
+            factors_name=cfg.strategy,
+            dataset=dataset,
+            per_device_batch_size=batch,
+            factor_args=self._factor_args(),
+            overwrite_output_dir=True,
+        )
+        n_cov = len(train) if cfg.covariance_max_examples is None else cfg.covariance_max_examples
+        n_lambda = len(train) if cfg.lambda_max_examples is None else cfg.lambda_max_examples
+        meta = {
+            "n_train": len(train),
+            "covariance_examples": min(n_cov, len(train)),
+            "lambda_examples": min(n_lambda, len(train)),
+            "dtype": str(self._dtype),
+        }
+        return Artefact(folder=folder, meta=meta)
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Point kronfluence at the factors in ``artefact.folder`` (the cache entry's ``files``)."""
+        if artefact.folder is None:
+            raise DataError(
+                "EKFAC: the cache entry holds no kronfluence factor folder; delete the entry and fit again"
             )
-            analyzer = _analyzer(self._model, self._task, tmp, cpu=self._device.type == "cpu")
-            analyzer.fit_all_factors(
-                factors_name=cfg.strategy,
-                dataset=dataset,
-                per_device_batch_size=batch,
-                factor_args=self._factor_args(),
-                overwrite_output_dir=True,
+        self._factors_dir = Path(artefact.folder) / ANALYSIS / f"factors_{self.config.strategy}"
+        if not self._factors_dir.is_dir():
+            raise DataError(
+                f"EKFAC: no kronfluence factors at {self._factors_dir}; delete the cache entry and fit again"
             )
-            n_cov = len(train) if cfg.covariance_max_examples is None else cfg.covariance_max_examples
-            n_lambda = len(train) if cfg.lambda_max_examples is None else cfg.lambda_max_examples
-            meta = {
-                "n_train": len(train),
-                "covariance_examples": min(n_cov, len(train)),
-                "lambda_examples": min(n_lambda, len(train)),
-                "dtype": str(self._dtype),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
-            # key.json last: its presence marks a complete entry.
-            (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
-            try:
-                os.rename(tmp, entry)
-            except OSError:
-                if not (entry / "key.json").exists():
-                    raise
-                _check_key(entry, key)  # another writer finished first: keep theirs
-                log.debug("ekfac: cache entry %s was written concurrently; keeping the first", entry)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        if self.from_cache_:
+            log.info("ekfac: factors read from the cache at %s", artefact.folder)
+        self.info_ = dict(artefact.meta)
+        self._scratch = self.scratch_dir()  # kronfluence's score files, deleted after reading
+        self._train = train
+        self._self_influence = None
 
     # ----- scores ---------------------------------------------------------------------------
     def _scoring_analyzer(self) -> Any:
-        assert self._scratch is not None and self._device is not None
+        assert self._scratch is not None and self.device_ is not None
         return _analyzer(
-            self._model,
+            self.wrapped_model_,
             self._task,
             self._scratch,
-            cpu=self._device.type == "cpu",
+            cpu=self.device_.type == "cpu",
             factors_dir=self._factors_dir,
         )
 
@@ -484,13 +476,13 @@ class EKFAC(Method):
             ``g(x, c)^T (G + damping I)^{-1} g(x_i, y_i) / N``, positive for proponents.
         """
         self._require_fitted()
-        assert self._train is not None and self._device is not None
+        assert self._train is not None and self.device_ is not None
         targets = targets.reshape(-1).long()
         if targets.shape[0] != x.shape[0]:
             raise DataError(f"EKFAC: {x.shape[0]} test points but {targets.shape[0]} targets")
         n_train = len(self._train)
         if x.shape[0] == 0:
-            return torch.zeros(0, n_train, dtype=torch.float32, device=self._device)
+            return torch.zeros(0, n_train, dtype=torch.float32, device=self.device_)
         cfg = self.config
         name = f"pairwise_{uuid.uuid4().hex}"
         analyzer = self._scoring_analyzer()
@@ -510,12 +502,12 @@ class EKFAC(Method):
             scores = analyzer.load_pairwise_scores(name)["all_modules"]  # (n_test, n_train)
         finally:
             shutil.rmtree(analyzer.scores_output_dir(name), ignore_errors=True)
-        return (scores.double() / n_train).to(device=self._device, dtype=torch.float32)
+        return (scores.double() / n_train).to(device=self.device_, dtype=torch.float32)
 
     def self_influence(self) -> Tensor:
         """``(n_train,)`` float32: ``g_i^T (G + damping I)^{-1} g_i / N`` (kronfluence self-scores / N)."""
         self._require_fitted()
-        assert self._train is not None and self._device is not None
+        assert self._train is not None and self.device_ is not None
         if self._self_influence is None:
             n_train = len(self._train)
             name = f"self_{uuid.uuid4().hex}"
@@ -534,11 +526,16 @@ class EKFAC(Method):
                 scores = analyzer.load_self_scores(name)["all_modules"]  # (n_train,)
             finally:
                 shutil.rmtree(analyzer.scores_output_dir(name), ignore_errors=True)
-            self._self_influence = (scores.double() / n_train).to(device=self._device, dtype=torch.float32)
+            self._self_influence = (scores.double() / n_train).to(device=self.device_, dtype=torch.float32)
         return self._self_influence
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"strategy": self.config.strategy, "damping": self.config.damping, **self.info_}
+        """Strategy, damping, the factor meta, whether the factors came from the cache, tracked modules."""
+        out: dict[str, Any] = {"strategy": self.config.strategy, "damping": self.config.damping, **self.info_}
+        if self._fitted:
+            out["factors_from_cache"] = self.from_cache_
+            out["tracked_modules"] = list(self.tracked_modules_)
+        return out
 
 
 def _cpu_tensors(x: Tensor, y: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -565,18 +562,6 @@ def _tracked_modules(model: nn.Module) -> list[str]:
     from kronfluence.module.tracked_module import TrackedModule
 
     return [name for name, module in model.named_modules() if isinstance(module, TrackedModule)]
-
-
-def _check_key(entry: Path, key: dict[str, Any]) -> None:
-    from harness.cache import CacheConflictError
-
-    stored = json.loads((entry / "key.json").read_text())
-    wanted = json.loads(json.dumps(key, sort_keys=True, default=str))
-    if stored != wanted:
-        raise CacheConflictError(
-            f"cache entry {entry} was written for a different key; delete that directory "
-            f"(stored {stored}, requested {wanted})"
-        )
 
 
 def _kronfluence_version() -> str:

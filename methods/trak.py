@@ -40,15 +40,17 @@ against 0.86 with exact, unprojected gradients), the rest unchanged. The same fa
 self-influence is what makes it a mislabel detector (0.71 with Q, 0.52 without). The tests check
 the scores against a float64 reference of the formula; the README has the measurements.
 
-Computation. :meth:`TRAK.fit` runs traker's own pipeline (``TRAKer.load_checkpoint``,
-``featurize``, ``finalize_features``) with ``save_dir`` in a temporary directory inside the
-harness cache's scope, then stores traker's ``features`` and ``out_to_loss`` (and the
-self-scores ``features_i . phi_i`` before Q) as one cache artefact keyed by content hash: a second
-fit with the same model, data and options (``out_to_loss`` aside: both settings share the entry)
-reads them back and does not featurize. :meth:`TRAK.explain` repeats
-traker's scoring step (``TRAKer.score`` + ``finalize_scores``) with traker's own components (its
-``FunctionalGradientComputer``, a fresh ``BasicProjector`` with the same seed, its
-``BasicScoreComputer``) without writing to disk; the tests check it against a plain TRAKer run.
+Computation. :meth:`TRAK.compute` (the cold fit) runs traker's own pipeline
+(``TRAKer.load_checkpoint``, ``featurize``, ``finalize_features``) with ``save_dir`` in a scratch
+folder, then returns traker's ``features`` and ``out_to_loss`` (and the self-scores
+``features_i . phi_i`` before Q) as tensors of one cache artefact, keyed by content hash (model,
+data, traker version, device type, every option but ``out_to_loss``, which only decides whether Q
+multiplies them); the scratch folder is removed. A second fit with the same model, data and options
+reads them back and does not featurize; :meth:`TRAK.load` sets the fitted state on both paths.
+:meth:`TRAK.explain` repeats traker's scoring step (``TRAKer.score`` + ``finalize_scores``) with
+traker's own components (its ``FunctionalGradientComputer``, a fresh ``BasicProjector`` with the
+same seed, its ``BasicScoreComputer``) without writing to disk; the tests check it against a plain
+TRAKer run.
 
 CPU notes (../shared/reference/environment.md): traker's default device is ``"cuda"``, so the
 model's device is always passed; arrays are float32 (traker's float16 default is for GPUs).
@@ -70,22 +72,18 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+import shutil
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option
-from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +162,15 @@ class TRAKConfig(Config):
         """
         return cls(proj_dim=512, batch_size=256)
 
+    @classmethod
+    def smoke(cls) -> TRAKConfig:
+        """quick() with ``lambda_reg=1e-3``, for the 48-point toy task of ``dabench check``.
+
+        There ``Phi^T Phi`` (512 x 512) has rank at most 48, so quick()'s ``lambda_reg`` 0 cannot invert
+        it (fit raises a DataError that says so); a small ridge makes it invertible.
+        """
+        return replace(cls.quick(), lambda_reg=1e-3)
+
 
 class TRAK(Method):
     """TRAK (Park et al. 2023) through ``traker``: one checkpoint, all parameters, class margin."""
@@ -176,6 +183,8 @@ class TRAK(Method):
         "TRAK score of training point i for itself with target y_i: "
         "[Phi (Phi^T Phi + lambda I)^{-1}]_i . phi_i * (1 - p_i) (without the factor when out_to_loss=false)"
     )
+    # out_to_loss only decides whether Q multiplies the scores: both settings share one entry
+    cache_ignores = frozenset({"out_to_loss"})
 
     config: TRAKConfig
 
@@ -185,43 +194,20 @@ class TRAK(Method):
         self.out_to_loss_: Tensor | None = None  # (n_train, 1) float32, model device
         self.self_influence_: Tensor | None = None  # (n_train,) float32, model device
         self.info_: dict[str, Any] = {}
-        self._model: nn.Module | None = None
-        self._device: torch.device | None = None
         self._scorer: _Scorer | None = None
 
-    def _cache_key(self, model: nn.Module, train: Split, device: torch.device) -> dict[str, Any]:
-        # out_to_loss only decides whether Q multiplies the scores: both settings share one entry
-        options = {k: v for k, v in self.config.to_dict().items() if k != "out_to_loss"}
-        return {
-            "method": "TRAK",
-            "version": self.version,
-            "layout": "self_score",  # the entry holds the self-scores before Q (earlier: after Q)
-            "traker": _traker_version(),
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-            "device": device.type,  # the projection's random numbers depend on the generator's device
-            **options,
-        }
+    def cache_key_extra(self, model: nn.Module, train: Split) -> dict[str, Any]:
+        """traker's version and the device type (the projection's random numbers depend on it)."""
+        assert self.device_ is not None, "cache_key is called by fit(), after device_ is set"
+        return {"traker": _traker_version(), "device": self.device_.type}
 
     # ----- lifecycle --------------------------------------------------------------------------
     def warm_up(self, device: torch.device) -> None:
         """Import traker (seconds on the first import in a process: not the method's cost)."""
         import trak  # noqa: F401
 
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Featurize the training set with traker (or read its features from the cache).
-
-        Parameters
-        ----------
-        model:
-            The trained classifier on its device (eval mode); gradients are taken of all its
-            parameters. Its state is not changed.
-        train:
-            ``x`` ``(n_train, *input_shape)``; ``y`` ``(n_train,)`` the labels the model was trained on.
-        cache:
-            Stores traker's ``features`` ``(n_train, proj_dim)``, ``out_to_loss`` ``(n_train, 1)`` and
-            the self-scores before Q, ``features_i . phi_i`` ``(n_train,)``, keyed by model weights,
-            data and every option but ``out_to_loss`` (which only decides whether Q multiplies them).
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check that the training set is not empty and that ``Phi^T Phi`` can be inverted.
 
         Raises
         ------
@@ -229,7 +215,6 @@ class TRAK(Method):
             When the training set is empty, or ``Phi^T Phi`` cannot be inverted (fewer training points
             or parameters than ``proj_dim``) and ``lambda_reg`` is 0.
         """
-        device = _model_device(model)
         n_train = len(train)
         if n_train == 0:
             raise DataError("TRAK: the training set is empty")
@@ -241,25 +226,7 @@ class TRAK(Method):
                 f"min(n_train={n_train}, n_params={n_params}) = {rank} and cannot be inverted; "
                 f"set lambda_reg > 0 or proj_dim <= {rank}"
             )
-        key = self._cache_key(model, train, device)
-        path = cache.path_for(key)
-        artefact = cache.get_or_create(
-            key, lambda: self._featurize(model, train, device, work_dir=path.parent)
-        )
-        t = artefact.tensors
-        # fresh copies: a tensor read from the cache file may sit at another memory alignment, and
-        # BLAS kernels round differently on differently aligned inputs (a hit must equal a miss)
-        self.features_ = t["features"].to(device, copy=True)
-        self.out_to_loss_ = t["out_to_loss"].to(device, copy=True)
-        self_score = t["self_score"].to(device, dtype=torch.float64, copy=True)
-        if self.config.out_to_loss:
-            self_score = self_score * self.out_to_loss_[:, 0].double()
-        self.self_influence_ = self_score.float()
-        self.info_ = {**artefact.meta, "cache_entry": path.name}
-        self._model = model
-        self._device = device
         self._scorer = None  # built on first explain (it generates the first projection block)
-        self._fitted = True
 
     def _traker(self, model: nn.Module, n_train: int, device: torch.device, save_dir: str) -> Any:
         """A ``TRAKer`` set up as this config says (float32, explicit device and projector)."""
@@ -281,40 +248,49 @@ class TRAK(Method):
             logging_level=logging.WARNING,
         )
 
-    def _featurize(self, model: nn.Module, train: Split, device: torch.device, work_dir: Path) -> Artefact:
-        """traker's featurize + finalize_features on the whole training set (cache miss).
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """traker's featurize + finalize_features on the whole training set (a cache miss).
 
-        traker's ``save_dir`` is a temporary directory in ``work_dir`` (the cache scope that will hold
-        the entry); it is removed once its arrays are copied into the returned artefact.
+        traker's ``save_dir`` is a scratch folder (:meth:`scratch_dir`), removed once its arrays are
+        copied into the returned artefact: the artefact holds tensors, not traker's store.
+
+        Returns
+        -------
+        Artefact
+            ``features`` ``(n_train, proj_dim)`` float32, ``out_to_loss`` ``(n_train, 1)`` float32 and
+            the self-scores before Q, ``self_score`` = ``features_i . phi_i`` ``(n_train,)`` float64;
+            ``meta`` with ``n_train``, ``n_params``, ``proj_dim`` and ``mean_out_to_loss``.
         """
         import numpy as np
 
         cfg = self.config
+        device = self.device_
+        assert device is not None
         n_train = len(train)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        save_dir = self.scratch_dir()
         was_training = model.training
         try:
-            with tempfile.TemporaryDirectory(prefix=".trak-save-", dir=work_dir) as save_dir:
-                traker = self._traker(model, n_train, device, save_dir)
-                log.info(
-                    "trak: featurizing %d training points (%d parameters -> proj_dim %d)",
-                    n_train,
-                    traker.num_params_for_grad,
-                    cfg.proj_dim,
-                )
-                traker.load_checkpoint(model.state_dict(), model_id=0)
-                for x, y in train.batches(cfg.batch_size):
-                    traker.featurize(batch=(x.to(device), y.to(device).long()), num_samples=len(y))
-                traker.finalize_features(model_ids=[0])
-                store = traker.saver.current_store
-                features = torch.from_numpy(np.array(store["features"], dtype=np.float32))
-                grads = torch.from_numpy(np.array(store["grads"], dtype=np.float32))
-                out_to_loss = torch.from_numpy(np.array(store["out_to_loss"], dtype=np.float32))
-                n_params = int(traker.num_params_for_grad)
-                del traker, store
+            traker = self._traker(model, n_train, device, str(save_dir))
+            log.info(
+                "trak: featurizing %d training points (%d parameters -> proj_dim %d)",
+                n_train,
+                traker.num_params_for_grad,
+                cfg.proj_dim,
+            )
+            traker.load_checkpoint(model.state_dict(), model_id=0)
+            for x, y in train.batches(cfg.batch_size):
+                traker.featurize(batch=(x.to(device), y.to(device).long()), num_samples=len(y))
+            traker.finalize_features(model_ids=[0])
+            store = traker.saver.current_store
+            features = torch.from_numpy(np.array(store["features"], dtype=np.float32))
+            grads = torch.from_numpy(np.array(store["grads"], dtype=np.float32))
+            out_to_loss = torch.from_numpy(np.array(store["out_to_loss"], dtype=np.float32))
+            n_params = int(traker.num_params_for_grad)
+            del traker, store
         finally:
             model.train(was_training)
-        # traker scores a training point against itself as (features_i . phi_i) * Q_ii; Q is applied in fit
+            shutil.rmtree(save_dir, ignore_errors=True)
+        # traker scores a training point against itself as (features_i . phi_i) * Q_ii; Q is applied in load
         self_score = (features.double() * grads.double()).sum(dim=1)
         meta = {
             "n_train": n_train,
@@ -326,10 +302,25 @@ class TRAK(Method):
             tensors={
                 "features": features,
                 "out_to_loss": out_to_loss,
-                "self_score": self_score,  # float64: times Q in fit, then rounded once
+                "self_score": self_score,  # float64: times Q in load, then rounded once
             },
             meta=meta,
         )
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Keep traker's features and Q on the model's device; self-influence = self-score (times Q)."""
+        device = self.device_
+        assert device is not None
+        t = artefact.tensors
+        # fresh copies: a tensor read from the cache file may sit at another memory alignment, and
+        # BLAS kernels round differently on differently aligned inputs (a hit must equal a miss)
+        self.features_ = t["features"].to(device, copy=True)
+        self.out_to_loss_ = t["out_to_loss"].to(device, copy=True)
+        self_score = t["self_score"].to(device, dtype=torch.float64, copy=True)
+        if self.config.out_to_loss:
+            self_score = self_score * self.out_to_loss_[:, 0].double()
+        self.self_influence_ = self_score.float()
+        self.info_ = dict(artefact.meta)
 
     # ----- explanations -----------------------------------------------------------------------
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -349,23 +340,23 @@ class TRAK(Method):
             ``targets[j]`` (the transpose of traker's ``(n_train, n_test)`` score matrix).
         """
         self._require_fitted()
-        assert self._model is not None and self._device is not None
+        model, device = self.model_, self.device_
+        assert model is not None and device is not None
         assert self.features_ is not None and self.out_to_loss_ is not None
-        device = self._device
         targets = targets.to(device).long().reshape(-1)
         if targets.shape[0] != x.shape[0]:
             raise DataError(f"TRAK: {x.shape[0]} test points but {targets.shape[0]} targets")
         if self._scorer is None:
-            self._scorer = _Scorer(self._model, self.config, device)
+            self._scorer = _Scorer(model, self.config, device)
         n_train = self.features_.shape[0]
         if x.shape[0] == 0:
             return torch.zeros(0, n_train, dtype=torch.float32, device=device)
-        k = _num_outputs(self._model, x[:1].to(device))
+        k = _num_outputs(model, x[:1].to(device))
         if targets.min() < 0 or targets.max() >= k:
             raise DataError(f"TRAK: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}")
         bs = self.config.batch_size
-        was_training = self._model.training
-        self._model.eval()
+        was_training = model.training
+        model.eval()
         try:  # traker's score(): the margin of targets[j] at x[j], projected and normalised
             parts = [
                 self._scorer.project(x[i : i + bs].to(device), targets[i : i + bs])
@@ -373,7 +364,7 @@ class TRAK(Method):
             ]
             target_grads = torch.cat(parts)  # (n_test, proj_dim)
         finally:
-            self._model.train(was_training)
+            model.train(was_training)
         scores = self._scorer.scores(self.features_, target_grads)  # (n_train, n_test), CPU
         scores = scores.to(device)
         if self.config.out_to_loss:
@@ -387,12 +378,16 @@ class TRAK(Method):
         return self.self_influence_.clone()
 
     def diagnostics(self) -> dict[str, Any]:
-        return {
+        """proj_dim, lambda_reg, out_to_loss, the featurizing meta and whether it came from the cache."""
+        out: dict[str, Any] = {
             "proj_dim": self.config.proj_dim,
             "lambda_reg": self.config.lambda_reg,
             "out_to_loss": self.config.out_to_loss,
             **self.info_,
         }
+        if self._fitted:
+            out["features_from_cache"] = self.from_cache_
+        return out
 
 
 class _Scorer:
@@ -531,11 +526,6 @@ _KEPT_BLOCKS_CLASS: type | None = None
 def _num_outputs(model: nn.Module, x: Tensor) -> int:
     with torch.no_grad():
         return int(model(x).shape[-1])
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _traker_version() -> str:

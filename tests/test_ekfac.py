@@ -27,7 +27,7 @@ import torch
 from convex_reference import ConvexProblem, convex_problem, exact_attributions, per_sample_grads
 from scipy.stats import spearmanr
 
-from harness.cache import Cache
+from harness.cache import FILES, Cache
 from harness.config import ConfigError
 from harness.measures import model_fingerprint
 from harness.protocols import DataError, NotFittedError
@@ -236,30 +236,52 @@ def test_self_influence_is_diagonal_of_pairwise(problem: ConvexProblem, tmp_path
 
 # ----- cache ----------------------------------------------------------------------------------
 def test_cache_hit_reuses_factors(problem: ConvexProblem, targets: torch.Tensor, tmp_path: Path) -> None:
+    """A cold fit stores kronfluence's files under <entry>/files; a second fit reads them, bitwise equal."""
     cache = Cache(tmp_path)
     first = EKFAC(EKFACConfig(damping=problem.l2))
     first.fit(problem.model, problem.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (0, 1)
-    entries = [p for p in tmp_path.iterdir()]
+    assert first.diagnostics()["factors_from_cache"] is False
+    entries = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(entries) == 1 and not entries[0].name.startswith("."), entries  # no temp dir left
-    assert (entries[0] / "key.json").exists() and (entries[0] / "meta.json").exists()
-    files = sorted(p for p in entries[0].rglob("*.safetensors"))
-    assert files, "kronfluence wrote no factors into the cache entry"
+    entry = entries[0]
+    assert {p.name for p in entry.iterdir()} == {"key.json", "meta.json", "tensors.safetensors", FILES}
+    factors = entry / FILES / "kronfluence" / "factors_ekfac"
+    files = sorted(p for p in (entry / FILES).rglob("*.safetensors"))
+    assert files and all(factors in p.parents for p in files), files  # kronfluence's own layout
+    assert first._factors_dir == factors  # the miss reads the entry's copy too (the scratch is moved)
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    scores = first.explain(problem.test.x, targets)
+    scores, self_scores = first.explain(problem.test.x, targets), first.self_influence()
 
     second = EKFAC(EKFACConfig(damping=problem.l2))
     second.fit(problem.model, problem.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (1, 1)
     assert second.diagnostics()["factors_from_cache"] is True
-    assert {p: p.stat().st_mtime_ns for p in entries[0].rglob("*.safetensors")} == stamps  # not refitted
-    torch.testing.assert_close(second.explain(problem.test.x, targets), scores, rtol=0, atol=0)
+    assert second.diagnostics()["lambda_examples"] == len(problem.train)  # meta read back
+    assert {p: p.stat().st_mtime_ns for p in (entry / FILES).rglob("*.safetensors")} == stamps  # not refitted
+    assert torch.equal(second.explain(problem.test.x, targets), scores)
+    assert torch.equal(second.self_influence(), self_scores)
 
     # damping acts at scoring time only: the same factors serve another damping
     third = EKFAC(EKFACConfig(damping=10 * problem.l2))
     third.fit(problem.model, problem.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (2, 1)
     assert not torch.equal(third.explain(problem.test.x, targets), scores)
+    # an option that changes the factors is another entry (a miss), never a silent hit
+    EKFAC(EKFACConfig(damping=problem.l2, strategy="kfac")).fit(problem.model, problem.train, cache=cache)
+    assert (cache.stats.hits, cache.stats.misses) == (2, 2)
+
+
+def test_cache_key(problem: ConvexProblem, tmp_path: Path) -> None:
+    """The base class' key: factor options in the config, scoring options left out, library version."""
+    method = EKFAC(EKFACConfig(damping=problem.l2))
+    method.fit(problem.model, problem.train, cache=Cache(tmp_path))
+    key = method.cache_key(problem.model, problem.train)
+    assert (
+        key["method"] == (EKFAC.name or "EKFAC") and key["kronfluence"] and key["generator_device"] == "cpu"
+    )
+    assert not {"damping", "train_batch_size", "query_batch_size"} & set(key["config"])
+    assert key["config"]["strategy"] == "ekfac" and key["config"]["fisher_samples"] == 1
 
 
 # ----- a real (tiny) network ------------------------------------------------------------------

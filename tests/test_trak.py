@@ -196,30 +196,53 @@ def test_cache_hit_reuses_features_and_gives_identical_scores(
     toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, train, x, targets = toy
+    scratch: list[Path] = []
+    scratch_dir = TRAK.scratch_dir
+
+    def recorded_scratch_dir(self: TRAK) -> Path:
+        scratch.append(scratch_dir(self))
+        return scratch[-1]
+
+    monkeypatch.setattr(TRAK, "scratch_dir", recorded_scratch_dir)
     cache = Cache(tmp_path)
     first = _fit(TOY, model, train, tmp_path, cache)
     assert (cache.stats.hits, cache.stats.misses) == (0, 1)
+    assert first.diagnostics()["features_from_cache"] is False
     scores = first.explain(x, targets)
+    # traker's save_dir was a scratch folder, removed once its arrays were copied into the artefact
+    assert len(scratch) == 1 and not scratch[0].exists()
 
     def no_featurizing(*args, **kwargs):
         raise AssertionError("a cache hit must not featurize again")
 
-    monkeypatch.setattr(TRAK, "_featurize", no_featurizing)
+    monkeypatch.setattr(TRAK, "compute", no_featurizing)
     second = _fit(TOY, model, train, tmp_path, Cache(tmp_path, stats=cache.stats))
     assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+    assert second.diagnostics()["features_from_cache"] is True
+    assert second.diagnostics()["n_params"] == first.diagnostics()["n_params"]  # meta read back
     assert torch.equal(second.explain(x, targets), scores)
     assert torch.equal(second.self_influence(), first.self_influence())
+    assert torch.equal(second.features_, first.features_)
 
-    # the entry is complete and traker's temporary save_dir is gone
+    # the entry is complete: tensors, no library folder
     entries = [p for p in tmp_path.rglob("*") if p.is_dir() and (p / "key.json").exists()]
     assert len(entries) == 1
     assert {p.name for p in entries[0].iterdir()} == {"key.json", "meta.json", "tensors.safetensors"}
-    assert not [p for p in tmp_path.rglob(".trak-save-*")]
 
     # another option is another entry (a miss), never a silent hit
     monkeypatch.undo()
     _fit(replace(TOY, seed=1), model, train, tmp_path, Cache(tmp_path, stats=cache.stats))
     assert cache.stats.misses == 2
+
+
+def test_cache_key(toy, tmp_path: Path) -> None:
+    """The base class' key: every option but out_to_loss, traker's version and the generator's device."""
+    model, train, _, _ = toy
+    method = _fit(TOY, model, train, tmp_path)
+    key = method.cache_key(model, train)
+    assert key["method"] == (TRAK.name or "TRAK") and key["traker"]
+    assert key["device"] == next(model.parameters()).device.type
+    assert "out_to_loss" not in key["config"] and key["config"]["proj_dim"] == TOY.proj_dim
 
 
 # ----- (4) determinism ------------------------------------------------------------------------------
@@ -284,9 +307,14 @@ def test_explain_before_fit() -> None:
 
 
 def test_singular_kernel_without_ridge(toy, tmp_path: Path) -> None:
-    model, train, _, _ = toy
+    model, train, x, targets = toy
     with pytest.raises(DataError, match="lambda_reg > 0 or proj_dim <= 48"):
         _fit(replace(TOY, lambda_reg=0.0), model, train, tmp_path)
+    with pytest.raises(DataError, match="lambda_reg > 0"):  # quick(): proj_dim 512 on 48 points
+        _fit(TRAKConfig.quick(), model, train, tmp_path)
+    smoke = _fit(TRAKConfig.smoke(), model, train, tmp_path)  # its ridge makes the 48-point toy work
+    assert bool(torch.isfinite(smoke.explain(x, targets)).all())
+    assert bool(torch.isfinite(smoke.self_influence()).all())
 
 
 def test_bad_targets(toy, tmp_path: Path) -> None:
@@ -300,6 +328,7 @@ def test_bad_targets(toy, tmp_path: Path) -> None:
 
 def test_presets_and_declarations() -> None:
     assert TRAKConfig.paper().proj_dim == 2048 and TRAKConfig.paper().lambda_reg == 0.0
+    assert TRAKConfig.smoke() == replace(TRAKConfig.quick(), lambda_reg=1e-3)
     assert TRAKConfig.paper().out_to_loss and TRAKConfig.quick().out_to_loss  # Q is part of TRAK
     assert 100 < TRAKConfig.quick().proj_dim < 2048
     assert TRAK.attributes_through == "all parameters"
