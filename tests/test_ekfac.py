@@ -245,7 +245,7 @@ def test_cache_hit_reuses_factors(problem: ConvexProblem, targets: torch.Tensor,
     entries = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(entries) == 1 and not entries[0].name.startswith("."), entries  # no temp dir left
     entry = entries[0]
-    assert {p.name for p in entry.iterdir()} == {"key.json", "meta.json", "tensors.safetensors", FILES}
+    assert {"key.json", "meta.json", FILES} <= {p.name for p in entry.iterdir()}
     factors = entry / FILES / "kronfluence" / "factors_ekfac"
     files = sorted(p for p in (entry / FILES).rglob("*.safetensors"))
     assert files and all(factors in p.parents for p in files), files  # kronfluence's own layout
