@@ -317,11 +317,6 @@ def num_outputs(model: nn.Module, x: Tensor) -> int:
         model.train(was_training)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ProjectedGradientOptions(Config):
     """The options every projected-gradient method shares (GradDot, GradCos, TracIn)."""

@@ -46,16 +46,19 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option, require_finite, require_positive_int
-from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split
 from methods._gradients import per_sample_gradients
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from harness.cache import Cache
-
 log = logging.getLogger(__name__)
+
+#: The paper's modules on AwA2: ``classifier`` and ``features.7.2.conv2`` (reference naming, ``features``
+#: a Sequential of the ResNet's stages, so index 7 is ``layer4``); our ResNet wrapper (tasks/resnets.py)
+#: keeps torchvision's stage names, so the same convolution is ``features.layer4.2.conv2``. On MNIST and
+#: CIFAR-10 the paper goes through all parameters (:meth:`ArnoldiConfig.paper`).
+AWA2_LAYERS = ("classifier", "features.layer4.2.conv2")
 
 #: How the embeddings R^T g are computed (ArnoldiConfig.embeddings).
 EMBEDDING_PATHS = ("func", "captum")
@@ -112,6 +115,11 @@ class ArnoldiConfig(Config):
         return cls()
 
     @classmethod
+    def for_dataset(cls, dataset: str) -> dict[str, Any]:
+        """The paper's modules on AwA2 (:data:`AWA2_LAYERS`); all parameters (:meth:`paper`) elsewhere."""
+        return {"layers": AWA2_LAYERS} if dataset == "awa2" else {}
+
+    @classmethod
     def quick(cls) -> ArnoldiConfig:
         """Projection dim 32, Arnoldi dim 40, 1,000 Hessian points.
 
@@ -142,8 +150,8 @@ class ArnoldiIF(Method):
         self.hessian_indices_: Tensor | None = None  # (N_h,) training points of the Hessian
         self.info_: dict[str, Any] = {}
         self._captum: Any = None
-        self._device: torch.device | None = None
         self._factor: float = 1.0  # N_h / N
+        self._n_hessian: int = 0  # N_h
         self._layers: list[str] | None = None  # captum's layer list (None: all parameters)
         self._projection: _Projection | None = None  # captum's R as (P, k), for embeddings="func"
 
@@ -152,8 +160,8 @@ class ArnoldiIF(Method):
         """Import captum's influence module (seconds on the first import: not the method's cost)."""
         import captum.influence._core.arnoldi_influence_function  # noqa: F401
 
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Arnoldi iteration and training embeddings (both cached by content hash).
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check the data and ``config.layers``; keep captum's layer list and the Hessian size ``N_h``.
 
         Parameters
         ----------
@@ -161,46 +169,45 @@ class ArnoldiIF(Method):
             The trained model, on its device.
         train:
             ``x`` ``(N, *input_shape)``; ``y`` ``(N,)`` the labels the model was trained on.
-        cache:
-            Stores captum's ``R`` (one flat ``(k, P)`` tensor), the training embeddings ``(N, k)``
-            and the Hessian subset.
 
         Raises
         ------
         ConfigError
             When ``config.layers`` names a module the model lacks (the message lists its modules).
+        DataError
+            When the training set is empty or the model has no parameters.
         """
-        cfg = self.config
         if len(train) == 0:
             raise DataError("Arnoldi: the training set is empty")
-        layers = _check_layers(model, cfg.layers)
-        self._layers = layers
-        params = _params(model, layers)
-        device = params[0].device
-        n = len(train)
-        n_h = n if cfg.hessian_points is None else min(cfg.hessian_points, n)
-        key = {
-            "method": "ArnoldiIF",
-            "version": self.version,
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-            **{k: v for k, v in cfg.to_dict().items()},
-        }
+        self._layers = _check_layers(model, self.config.layers)
+        _params(model, self._layers)  # raises DataError for a model without parameters
+        hessian_points = self.config.hessian_points
+        self._n_hessian = len(train) if hessian_points is None else min(hessian_points, len(train))
 
-        def compute() -> Artefact:
-            gen = torch.Generator().manual_seed(cfg.seed)
-            indices = torch.arange(n) if n_h == n else torch.randperm(n, generator=gen)[:n_h].sort().values
-            inst = self._build(model, train, indices, layers, R=None)
-            r_flat = torch.stack([torch.cat([t.reshape(-1) for t in vec]) for vec in inst.R])
-            emb = self._embed(inst, train.x, train.y, test=False)
-            log.info("arnoldi: kept %d eigenpairs of %d requested", len(inst.R), cfg.projection_dim)
-            return Artefact(
-                tensors={"R": r_flat.cpu(), "train_emb": emb.cpu(), "hessian_indices": indices},
-                meta={"n_eigenpairs": len(inst.R), "n_params": int(r_flat.shape[1]), "n_hessian": n_h},
-            )
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """Arnoldi iteration and training embeddings, on the CPU.
 
-        artefact = cache.get_or_create(key, compute)
+        Returns captum's ``R`` (one flat ``(k, P)`` tensor), the training embeddings ``(N, k)`` and
+        the Hessian subset ``(N_h,)``; cached under every config option (each changes them).
+        """
+        cfg = self.config
+        n, n_h = len(train), self._n_hessian
+        gen = torch.Generator().manual_seed(cfg.seed)
+        indices = torch.arange(n) if n_h == n else torch.randperm(n, generator=gen)[:n_h].sort().values
+        inst = self._build(model, train, indices, self._layers, R=None)
+        r_flat = torch.stack([torch.cat([t.reshape(-1) for t in vec]) for vec in inst.R])
+        emb = self._embed(inst, train.x, train.y, test=False)
+        log.info("arnoldi: kept %d eigenpairs of %d requested", len(inst.R), cfg.projection_dim)
+        return Artefact(
+            tensors={"R": r_flat.cpu(), "train_emb": emb.cpu(), "hessian_indices": indices},
+            meta={"n_eigenpairs": len(inst.R), "n_params": int(r_flat.shape[1]), "n_hessian": n_h},
+        )
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Rebuild captum's object from the stored ``R`` (no iteration); embeddings to the model's device."""
         t = artefact.tensors
+        params = _params(model, self._layers)
+        device = params[0].device
         shapes = [p.shape for p in params]
         sizes = [p.numel() for p in params]
         if int(t["R"].shape[1]) != sum(sizes):
@@ -209,13 +216,11 @@ class ArnoldiIF(Method):
             tuple(c.view(s).to(device).clone() for c, s in zip(torch.split(row, sizes), shapes, strict=True))
             for row in t["R"]
         ]
-        self._captum = self._build(model, train, t["hessian_indices"], layers, R=r_list)
+        self._captum = self._build(model, train, t["hessian_indices"], self._layers, R=r_list)
         self.train_emb_ = t["train_emb"].to(device).clone()  # aligned memory: same BLAS rounding as cold
         self.hessian_indices_ = t["hessian_indices"]
-        self._factor = n_h / n
-        self._device = device
-        self.info_ = dict(artefact.meta) | {"effective_damping": cfg.hessian_reg / n_h}
-        self._fitted = True
+        self._factor = self._n_hessian / len(train)
+        self.info_ = dict(artefact.meta) | {"effective_damping": self.config.hessian_reg / self._n_hessian}
 
     def _build(
         self, model: nn.Module, train: Split, indices: Tensor, layers: list[str] | None, R: Any
@@ -322,7 +327,7 @@ class ArnoldiIF(Method):
         if targets.shape[0] != x.shape[0]:
             raise DataError(f"Arnoldi: {x.shape[0]} test points but {targets.shape[0]} targets")
         if x.shape[0] == 0:
-            return torch.zeros(0, self.train_emb_.shape[0], device=self._device)
+            return torch.zeros(0, self.train_emb_.shape[0], device=self.device_)
         test_emb = self._embed(self._captum, x, targets, test=True)
         return (self._factor * (test_emb @ self.train_emb_.T)).to(torch.float32)
 

@@ -58,7 +58,6 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import ConfigError, option
-from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split
 from methods._gradients import (
     GRADIENT_KINDS,
@@ -68,7 +67,6 @@ from methods._gradients import (
     ProjectedGradientOptions,
     check_classes,
     make_projector,
-    model_device,
     model_state,
     num_outputs,
     per_sample_gradients,
@@ -77,8 +75,6 @@ from methods._gradients import (
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +133,7 @@ class GradDot(Method):
     Config = GradDotConfig
     version = "2"
     supports = frozenset({"self_influence", "cache"})
-    attributes_through = (  # the paper's settings; fit sets the string for the config in use
+    attributes_through = (  # the paper's settings; load sets the string for the config in use
         "all parameters of the final model (per-sample train CE-loss and unit test logit gradients, "
         "random projection to 128)"
     )
@@ -149,6 +145,8 @@ class GradDot(Method):
     normalise = False
     #: Names the cache entries: GradDot and GradCos keep their own (each cold fit is its own cost).
     cache_name = "graddot"
+    #: Not in the key: the test-side options and the memory budget (the same matrix whatever it is).
+    cache_ignores = frozenset({"test_gradient", "normalise_test", "projection_memory_mb"})
 
     config: GradDotConfig
 
@@ -157,23 +155,13 @@ class GradDot(Method):
         self.train_grads_: Tensor | None = None  # (N, d) projected train gradients, model dtype
         self.train_sq_norms_: Tensor | None = None  # (N,) ||R^T g_train||^2
         self.num_classes_: int | None = None
-        self._model: nn.Module | None = None
         self._params: dict[str, Tensor] | None = None
         self._buffers: dict[str, Tensor] | None = None
         self._projector: GaussianProjector | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Projected training gradients ``(N, d)`` at the model as given (cached by content hash).
-
-        Parameters
-        ----------
-        model:
-            The trained model on its device (all its parameters are differentiated).
-        train:
-            ``x`` ``(N, *input_shape)``; ``y`` ``(N,)`` the labels the model was trained on.
-        cache:
-            Stores the projected training gradients ``(N, d)`` (in the model's dtype).
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check the inputs; keep the number of classes, the weights and the projector.
 
         Raises
         ------
@@ -181,52 +169,53 @@ class GradDot(Method):
             When the training set is empty, the model has no parameters, or a label is not one of
             the model's outputs.
         """
-        cfg = self.config
         name = self.name or type(self).__name__
         if len(train) == 0:
             raise DataError(f"{name}: the training set is empty")
         if next(model.parameters(), None) is None:
             raise DataError(f"{name}: the model has no parameters to take gradients of")
-        device = model_device(model)
         self.num_classes_ = num_outputs(model, train.x)
         check_classes(train.y, len(train), self.num_classes_, "training labels", name)
         self._params, self._buffers = model_state(model)
-        self._projector = make_projector(self._params, cfg)
-        key = {
-            "method": self.cache_name,  # never TracIn's entry, even where the gradients are equal
-            "version": self.version,
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-            "proj_dim": cfg.projection,
-            "seed": cfg.seed if cfg.projection else None,
-            "train_gradient": cfg.train_gradient,
-            "batch_size": cfg.batch_size,
-            "generator_device": device.type if cfg.projection else None,
-        }
+        self._projector = make_projector(self._params, self.config)
 
-        def compute() -> Artefact:
-            log.info("%s: per-sample gradients of %d training points", name, len(train))
-            grads = per_sample_gradients(
-                model,
-                self._params,
-                self._buffers,
-                train.x,
-                train.y,
-                kind=cfg.train_gradient,
-                batch_size=cfg.batch_size,
-                projector=self._projector,
-                desc=f"{name} train gradients",
-            )
-            return Artefact(tensors={"grads": grads.cpu()}, meta={"n_train": len(train)})
+    def cache_key_extra(self, model: nn.Module, train: Split) -> dict[str, Any]:
+        """The device type of the projection's generator (a CUDA generator draws other numbers)."""
+        assert self.device_ is not None
+        return {"generator_device": self.device_.type if self.config.projection else None}
 
-        artefact = cache.get_or_create(key, compute)
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """Projected training gradients ``R^T g_train(x_i, y_i)`` ``(N, d)`` in the model's dtype, on the CPU.
+
+        Cached under the method's own name (never TracIn's entry, even where the gradients are
+        equal), the config without the test-side options, the data, the model and the generator's
+        device type.
+        """
+        assert self._params is not None and self._buffers is not None
+        cfg = self.config
+        name = self.name or type(self).__name__
+        log.info("%s: per-sample gradients of %d training points", name, len(train))
+        grads = per_sample_gradients(
+            model,
+            self._params,
+            self._buffers,
+            train.x,
+            train.y,
+            kind=cfg.train_gradient,
+            batch_size=cfg.batch_size,
+            projector=self._projector,
+            desc=f"{name} train gradients",
+        )
+        return Artefact(tensors={"grads": grads.cpu()}, meta={"n_train": len(train)})
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Keep the projected training gradients ``(N, d)`` and their squared norms on the model's device."""
+        assert self._params is not None and self.device_ is not None
         # clone: tensors read from the cache may sit at unaligned addresses (BLAS rounding)
         dtype = next(iter(self._params.values())).dtype
-        self.train_grads_ = artefact.tensors["grads"].to(device=device, dtype=dtype).clone()
+        self.train_grads_ = artefact.tensors["grads"].to(device=self.device_, dtype=dtype).clone()
         self.train_sq_norms_ = (self.train_grads_ * self.train_grads_).sum(dim=1)
-        self.attributes_through = _through(cfg, cosine=self.normalise)
-        self._model = model
-        self._fitted = True
+        self.attributes_through = _through(self.config, cosine=self.normalise)
 
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:
         """GradDot (or GradCos) scores of every training point for each test input.
@@ -244,12 +233,12 @@ class GradDot(Method):
             ``(n_test, N)`` float32 on the model's device.
         """
         self._require_fitted()
-        assert self._model is not None and self.train_grads_ is not None and self.num_classes_ is not None
+        assert self.model_ is not None and self.train_grads_ is not None and self.num_classes_ is not None
         assert self._params is not None and self._buffers is not None
         cfg = self.config
         check_classes(targets, x.shape[0], self.num_classes_, "targets", self.name or type(self).__name__)
         test = per_sample_gradients(
-            self._model,
+            self.model_,
             self._params,
             self._buffers,
             x,

@@ -48,22 +48,19 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.measures import model_fingerprint
 from harness.protocols import DataError, Method, Split, feature_split
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +131,22 @@ class LiSSAConfig(Config):
         """
         return cls(depth=2000, repeats=1, scale=100.0, damping=1e-4)
 
+    @classmethod
+    def smoke(cls) -> LiSSAConfig:
+        """:meth:`quick` with depth 100 and 2 repeats: the toy task of ``dabench check`` in seconds.
+
+        Even quick's 2,000 HVP steps per explain call add up to minutes over the check's calls and
+        the self-influence recursions; 2 x 100 steps exercise the same code (both repeats' averaging
+        included).
+        """
+        return replace(cls.quick(), depth=100, repeats=2)
+
+    @classmethod
+    def for_dataset(cls, dataset: str) -> dict[str, Any]:
+        """The paper's depth where it is not :meth:`paper`'s (MNIST, 6000): 5000 on CIFAR-10, 3700 on AwA2."""
+        depth = PAPER_DEPTH.get(dataset)
+        return {"depth": depth} if depth is not None and depth != cls.paper().depth else {}
+
 
 class LiSSA(Method):
     """LiSSA influence functions on the classifier's weight and bias (DualXDA paper's setting)."""
@@ -147,6 +160,20 @@ class LiSSA(Method):
         "loss (one LiSSA recursion per training point)"
     )
 
+    #: The recursion's settings only change explain and self-influence, not the cached features.
+    cache_ignores = frozenset(
+        {
+            "depth",
+            "repeats",
+            "scale",
+            "damping",
+            "hvp_batch_size",
+            "seed",
+            "self_influence_chunk",
+            "explain_batch",
+        }
+    )
+
     config: LiSSAConfig
 
     def __init__(self, config: LiSSAConfig | None = None) -> None:
@@ -155,15 +182,14 @@ class LiSSA(Method):
         self.labels_: Tensor | None = None  # (N,) long, model device
         self.train_grads_: Tensor | None = None  # (N, P) last-layer gradients g(x_i, y_i)
         self.theta_: Tensor | None = None  # (P,) the classifier's parameters, flattened
-        self._model: nn.Module | None = None
-        self._device: torch.device | None = None
+        self.num_classes_: int | None = None
         self._loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
         self._train_x: Tensor | None = None  # kept for the reference path only
         self._last_relative_step: float | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Training features (cached by content hash), then last-layer gradients from them.
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check model and data; keep the number of classes and the classifier's flat loss and ``theta``.
 
         Parameters
         ----------
@@ -171,50 +197,53 @@ class LiSSA(Method):
             The trained model with a ``features``/``classifier`` split, on its device.
         train:
             ``x`` ``(N, *input_shape)``; ``y`` ``(N,)`` the labels the model was trained on.
-        cache:
-            Stores the training features ``phi`` ``(N, d)`` and labels ``(N,)``.
 
         Raises
         ------
         CapabilityError
             When the model has no ``features``/``classifier`` split.
         DataError
-            When the training set is empty.
+            When the training set is empty, the classifier has no parameters or a training label
+            is not one of the model's outputs.
         """
         features, classifier = feature_split(model)
         if len(train) == 0:
             raise DataError("LiSSA: the training set is empty")
-        params = {k: p for k, p in classifier.named_parameters()}
-        if not params:
+        if next(classifier.parameters(), None) is None:
             raise DataError("LiSSA: the classifier has no parameters to compute influence over")
-        device = next(iter(params.values())).device
-        key = {
-            "method": "LiSSA",
-            "version": self.version,
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-            "batch_size": self.config.batch_size,
-        }
-        artefact = cache.get_or_create(
-            key,
-            lambda: Artefact(
-                tensors={
-                    "phi": self._features(features, train.x, device).cpu(),
-                    "labels": train.y.detach().cpu().long(),
-                },
-                meta={"n_train": len(train)},
-            ),
-        )
-        # clone: tensors read from the cache may sit at unaligned addresses, which changes BLAS rounding
-        self.phi_ = artefact.tensors["phi"].to(device).clone()
-        self.labels_ = artefact.tensors["labels"].to(device)
-        k = _num_classes(classifier, self.phi_[:1])
-        if int(self.labels_.max()) >= k or int(self.labels_.min()) < 0:
+        assert self.device_ is not None
+        k = _num_classes(classifier, lambda: self._features(features, train.x[:1], self.device_))
+        labels = train.y.reshape(-1)
+        if int(labels.max()) >= k or int(labels.min()) < 0:
             raise DataError(f"LiSSA: training labels must lie in 0..{k - 1} (the model's outputs)")
+        self.num_classes_ = k
         self._loss, self.theta_ = _flat_loss(classifier)
+
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """The training features ``phi`` ``(N, d)`` and labels ``(N,)`` on the CPU.
+
+        Cached under the method, version, ``batch_size`` (batched kernels may round differently),
+        training data and model; the recursion's settings only change :meth:`explain` and are left
+        out of the key.
+        """
+        assert self.device_ is not None
+        features, _ = feature_split(model)
+        return Artefact(
+            tensors={
+                "phi": self._features(features, train.x, self.device_).cpu(),
+                "labels": train.y.detach().cpu().long(),
+            },
+            meta={"n_train": len(train)},
+        )
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Keep the features and labels on the model's device; last-layer gradients ``(N, P)`` from them."""
+        assert self.device_ is not None and self.theta_ is not None
+        # clone: tensors read from the cache may sit at unaligned addresses, which changes BLAS rounding
+        self.phi_ = artefact.tensors["phi"].to(self.device_).clone()
+        self.labels_ = artefact.tensors["labels"].to(self.device_)
         self.train_grads_ = self._grads(self.phi_, self.labels_)
-        self._model, self._device, self._train_x = model, device, train.x
-        self._fitted = True
+        self._train_x = train.x
         log.info(
             "lissa: %d training points, %d last-layer parameters, damping on H %g",
             len(train),
@@ -281,17 +310,18 @@ class LiSSA(Method):
 
     def _explain(self, x: Tensor, targets: Tensor, *, recompute_features: bool) -> Tensor:
         self._require_fitted()
-        assert self._model is not None and self._device is not None and self.train_grads_ is not None
-        features, classifier = feature_split(self._model)
-        targets = targets.to(self._device).long().reshape(-1)
+        assert self.model_ is not None and self.device_ is not None and self.train_grads_ is not None
+        assert self.num_classes_ is not None
+        features, _ = feature_split(self.model_)
+        targets = targets.to(self.device_).long().reshape(-1)
         if targets.shape[0] != x.shape[0]:
             raise DataError(f"LiSSA: {x.shape[0]} test points but {targets.shape[0]} targets")
-        k = _num_classes(classifier, self.phi_[:1])
+        k = self.num_classes_
         if targets.numel() and (targets.min() < 0 or targets.max() >= k):
             raise DataError(f"LiSSA: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}")
         if x.shape[0] == 0:
-            return torch.zeros(0, self.train_grads_.shape[0], device=self._device)
-        g_test = self._grads(self._features(features, x, self._device), targets)  # (n_test, P)
+            return torch.zeros(0, self.train_grads_.shape[0], device=self.device_)
+        g_test = self._grads(self._features(features, x, self.device_), targets)  # (n_test, P)
         inverse = self._inverse_hvp(g_test, recompute_features=recompute_features)  # (n_test, P)
         scores = inverse @ self.train_grads_.T / self.train_grads_.shape[0]
         return scores.to(torch.float32)
@@ -305,14 +335,14 @@ class LiSSA(Method):
         so a row's estimate depends on that row and the seed only, not on the other rows.
         """
         assert self.phi_ is not None and self.labels_ is not None and self._loss is not None
-        assert self._model is not None and self._train_x is not None and self.theta_ is not None
+        assert self.model_ is not None and self._train_x is not None and self.theta_ is not None
         cfg = self.config
         loss, theta = self._loss, self.theta_
-        features, _ = feature_split(self._model)
+        features, _ = feature_split(self.model_)
         n = self.phi_.shape[0]
         generator = torch.Generator().manual_seed(cfg.seed)
 
-        linear = None if generic_hvp else _linear_head(self._model)
+        linear = None if generic_hvp else _linear_head(self.model_)
 
         def hvp(phi_b: Tensor, y_b: Tensor, v: Tensor) -> Tensor:  # (m, P) -> (m, P)
             if linear is not None:  # closed form of a Linear head: same numbers, no autograd
@@ -414,9 +444,10 @@ def _flat_loss(classifier: nn.Module) -> tuple[Callable[[Tensor, Tensor, Tensor]
     return loss, theta
 
 
-def _num_classes(classifier: nn.Module, phi: Tensor) -> int:
+def _num_classes(classifier: nn.Module, phi: Callable[[], Tensor]) -> int:
+    """The classifier's ``out_features``, else the width of its output on ``phi()`` ``(1, d)``."""
     out = getattr(classifier, "out_features", None)
     if out is not None:
         return int(out)
     with torch.no_grad():
-        return int(classifier(phi).shape[-1])
+        return int(classifier(phi()).shape[-1])

@@ -55,7 +55,6 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import ConfigError, option, require_positive_int
-from harness.measures import model_fingerprint
 from harness.protocols import CapabilityError, Checkpoint, DataError, Method, Split, training_checkpoints
 from methods._gradients import (
     PAPER_PROJ_DIM,
@@ -63,7 +62,6 @@ from methods._gradients import (
     ProjectedGradientOptions,
     check_classes,
     make_projector,
-    model_device,
     model_state,
     num_outputs,
     per_sample_gradients,
@@ -72,8 +70,6 @@ from methods._gradients import (
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +131,10 @@ class TracIn(Method):
         "reference sums norms, not squares)"
     )
 
+    #: Not in the key: the minimum only guards, the memory budget leaves the matrix as it is, and the
+    #: checkpoints that ``max_checkpoints`` selects are in the key themselves (:meth:`cache_key_extra`).
+    cache_ignores = frozenset({"min_checkpoints", "max_checkpoints", "projection_memory_mb"})
+
     config: TracInConfig
 
     def __init__(self, config: TracInConfig | None = None) -> None:
@@ -145,13 +145,13 @@ class TracIn(Method):
         self.epochs_: list[int] = []
         self.n_available_: int | None = None  # checkpoints the model carries
         self.num_classes_: int | None = None
-        self._model: nn.Module | None = None
+        self._checkpoints: list[Checkpoint] = []  # the used checkpoints, oldest first
         self._states: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
         self._projector: GaussianProjector | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Projected training gradients at every used checkpoint ``(N, T * d)`` (cached by content hash).
+    def setup(self, model: nn.Module, train: Split) -> None:
+        """Check the checkpoints and data; keep the used checkpoints' weights, learning rates and projector.
 
         Parameters
         ----------
@@ -160,9 +160,6 @@ class TracIn(Method):
             (:func:`harness.protocols.training_checkpoints`).
         train:
             ``x`` ``(N, *input_shape)``; ``y`` ``(N,)`` the labels the model was trained on.
-        cache:
-            Stores the projected training gradients ``(N, T * d)`` (in the model's dtype), unweighted:
-            block ``t`` is ``R^T g_t(x_i, y_i)``.
 
         Raises
         ------
@@ -176,71 +173,78 @@ class TracIn(Method):
         name = self.name or type(self).__name__
         available = _checkpoints(model, cfg.min_checkpoints, name)
         self.n_available_ = len(available)
-        checkpoints = [available[i] for i in select_checkpoints(len(available), cfg.max_checkpoints)]
+        self._checkpoints = [available[i] for i in select_checkpoints(len(available), cfg.max_checkpoints)]
         if len(train) == 0:
             raise DataError(f"{name}: the training set is empty")
-        device = model_device(model)
         self.num_classes_ = num_outputs(model, train.x)
         check_classes(train.y, len(train), self.num_classes_, "training labels", name)
-        self._states = [model_state(model, ck.state) for ck in checkpoints]
-        self.lrs_ = [float(ck.lr) for ck in checkpoints]
-        self.epochs_ = [int(ck.epoch) for ck in checkpoints]
-        params0 = self._states[0][0]
-        first = next(iter(params0.values()))
-        self._projector = make_projector(params0, cfg)
-        key = {
-            "method": "tracin",
-            "version": self.version,
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
+        self._states = [model_state(model, ck.state) for ck in self._checkpoints]
+        self.lrs_ = [float(ck.lr) for ck in self._checkpoints]
+        self.epochs_ = [int(ck.epoch) for ck in self._checkpoints]
+        self._projector = make_projector(self._states[0][0], cfg)
+
+    def cache_key_extra(self, model: nn.Module, train: Split) -> dict[str, Any]:
+        """Every used checkpoint (epoch, learning rate, weights' fingerprint) and the generator's device type.
+
+        The checkpoints stand in for ``max_checkpoints`` (which selects them) in the key.
+        """
+        assert self.device_ is not None
+        return {
             "checkpoints": [
                 {"epoch": ck.epoch, "lr": float(ck.lr), "state": state_fingerprint(ck.state)}
-                for ck in checkpoints
+                for ck in self._checkpoints
             ],
-            "proj_dim": cfg.projection,
-            "seed": cfg.seed if cfg.projection else None,
-            "batch_size": cfg.batch_size,
-            "generator_device": device.type if cfg.projection else None,
+            "generator_device": self.device_.type if self.config.projection else None,
         }
 
-        def compute() -> Artefact:
-            log.info(
-                "%s: per-sample gradients of %d training points at %d checkpoints",
-                name,
-                len(train),
-                len(checkpoints),
-            )
-            blocks = [
-                per_sample_gradients(
-                    model,
-                    params,
-                    buffers,
-                    train.x,
-                    train.y,
-                    kind="loss",
-                    batch_size=cfg.batch_size,
-                    projector=self._projector,
-                    desc=f"{name} train gradients, checkpoint {t + 1}/{len(checkpoints)}",
-                ).cpu()
-                for t, (params, buffers) in enumerate(self._states)
-            ]
-            return Artefact(
-                tensors={"grads": torch.cat(blocks, dim=1)},
-                meta={"n_train": len(train), "n_checkpoints": len(checkpoints)},
-            )
+    def compute(self, model: nn.Module, train: Split) -> Artefact:
+        """Projected training gradients at every used checkpoint, side by side: ``(N, T * d)`` on the CPU.
 
-        artefact = cache.get_or_create(key, compute)
+        In the model's dtype and unweighted: block ``t`` is ``R^T g_t(x_i, y_i)``.
+        """
+        name = self.name or type(self).__name__
+        n_checkpoints = len(self._states)
+        log.info(
+            "%s: per-sample gradients of %d training points at %d checkpoints",
+            name,
+            len(train),
+            n_checkpoints,
+        )
+        blocks = [
+            per_sample_gradients(
+                model,
+                params,
+                buffers,
+                train.x,
+                train.y,
+                kind="loss",
+                batch_size=self.config.batch_size,
+                projector=self._projector,
+                desc=f"{name} train gradients, checkpoint {t + 1}/{n_checkpoints}",
+            ).cpu()
+            for t, (params, buffers) in enumerate(self._states)
+        ]
+        return Artefact(
+            tensors={"grads": torch.cat(blocks, dim=1)},
+            meta={"n_train": len(train), "n_checkpoints": n_checkpoints},
+        )
+
+    def load(self, artefact: Artefact, model: nn.Module, train: Split) -> None:
+        """Keep the training gradients ``(N, T * d)`` on the model's device; self-influence ``(N,)``."""
+        assert self.device_ is not None
+        cfg = self.config
+        device = self.device_
+        first = next(iter(self._states[0][0].values()))
+        n_checkpoints = len(self._states)
         # clone: tensors read from the cache may sit at unaligned addresses (BLAS rounding)
         self.train_grads_ = artefact.tensors["grads"].to(device=device, dtype=first.dtype).clone()
-        blocks = self.train_grads_.reshape(len(train), len(checkpoints), -1)  # (N, T, d)
+        blocks = self.train_grads_.reshape(len(train), n_checkpoints, -1)  # (N, T, d)
         self.self_influence_ = ((blocks * blocks).sum(dim=2) * self._weights(first.dtype, device)).sum(dim=1)
         self.attributes_through = (
-            f"all parameters (per-sample CE-loss gradients at {len(checkpoints)} of {len(available)} "
+            f"all parameters (per-sample CE-loss gradients at {n_checkpoints} of {self.n_available_} "
             f"checkpoints, epochs {self.epochs_}, learning-rate weighted and averaged, "
             + (f"random projection to {cfg.projection})" if cfg.projection else "exact, no projection)")
         )
-        self._model = model
-        self._fitted = True
 
     def explain(self, x: Tensor, targets: Tensor) -> Tensor:
         """``(1/T) sum_t eta_t <R^T g_t(x, c), R^T g_t(x_i, y_i)>`` for every test input and training point.
@@ -258,13 +262,13 @@ class TracIn(Method):
             ``(n_test, N)`` float32 on the model's device.
         """
         self._require_fitted()
-        assert self._model is not None and self.train_grads_ is not None and self.num_classes_ is not None
+        assert self.model_ is not None and self.train_grads_ is not None and self.num_classes_ is not None
         check_classes(targets, x.shape[0], self.num_classes_, "targets", self.name or type(self).__name__)
         weights = self._weights(torch.float64, torch.device("cpu")).tolist()
         blocks = [
             weight
             * per_sample_gradients(
-                self._model,
+                self.model_,
                 params,
                 buffers,
                 x,

@@ -380,6 +380,7 @@ def test_projector_chunks_and_budget(monkeypatch):
 # ----- cache ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method_cls", [GradDot, GradCos, TracIn])
 def test_cache_hit_gives_identical_scores(toy_setup, tmp_path, method_cls):
+    """A warm fit reads the cold fit's entry and gives bitwise the same explanations and self-influence."""
     _, data, model = toy_setup
     x = data.test.x[:6]
     with torch.no_grad():
@@ -390,12 +391,69 @@ def test_cache_hit_gives_identical_scores(toy_setup, tmp_path, method_cls):
     warm = method_cls(method_cls.Config.paper())
     warm.fit(model, data.train, cache=cache)
     assert (cache.stats.misses, cache.stats.hits) == (1, 1)
+    assert not cold.from_cache_ and warm.from_cache_
     assert torch.equal(cold.explain(x, targets), warm.explain(x, targets))
+    assert warm.attributes_through == cold.attributes_through
     if "self_influence" in method_cls.supports:
         assert torch.equal(cold.self_influence(), warm.self_influence())
     # another seed is another entry, never a silent hit
     method_cls(method_cls.Config(seed=1)).fit(model, data.train, cache=cache)
     assert cache.stats.misses == 2
+
+
+@pytest.mark.parametrize(
+    ("method_cls", "shared"),
+    [
+        (GradDot, {"test_gradient": "loss", "normalise_test": False, "projection_memory_mb": 0.5}),
+        (GradCos, {"test_gradient": "loss", "projection_memory_mb": 0.5}),
+        (TracIn, {"max_checkpoints": 100, "min_checkpoints": 2, "projection_memory_mb": 0.5}),
+    ],
+)
+def test_settings_that_only_change_explain_share_the_entry(toy_setup, tmp_path, method_cls, shared):
+    """Options outside the training-side artefact (``cache_ignores``) hit the paper config's entry, and
+    the hit gives the scores a cold fit with those options gives."""
+    _, data, model = toy_setup
+    x = data.test.x[:6]
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1)
+    config = method_cls.Config.from_dict(shared, base=method_cls.Config.paper())
+    cache = Cache(tmp_path / "shared")
+    method_cls(method_cls.Config.paper()).fit(model, data.train, cache=cache)
+    hit = method_cls(config)
+    hit.fit(model, data.train, cache=cache)
+    assert hit.from_cache_ and (cache.stats.misses, cache.stats.hits) == (1, 1)
+    cold = _fit(method_cls(config), model, data.train, tmp_path / "cold")
+    assert not cold.from_cache_
+    assert torch.equal(hit.explain(x, targets), cold.explain(x, targets))
+    # a training-side option is another entry
+    method_cls(replace(config, batch_size=7)).fit(model, data.train, cache=cache)
+    assert cache.stats.misses == 2
+
+
+def test_tracin_checkpoint_selection_is_part_of_the_key(toy_setup, tmp_path):
+    """``max_checkpoints`` is left out of the key but the checkpoints it selects are in it."""
+    _, data, model = toy_setup
+    assert len(getattr(model, CHECKPOINTS_ATTR)) > 2
+    cache = Cache(tmp_path)
+    TracIn(TracInConfig(proj_dim=8)).fit(model, data.train, cache=cache)
+    TracIn(TracInConfig(proj_dim=8, max_checkpoints=2)).fit(model, data.train, cache=cache)
+    assert (cache.stats.misses, cache.stats.hits) == (2, 0)
+
+
+def test_graddot_and_gradcos_keep_their_own_entries(toy_setup, tmp_path):
+    _, data, model = toy_setup
+    keys = {}
+    for cls in (GradDot, GradCos, TracIn):
+        method = cls(cls.Config.paper())
+        method.fit(model, data.train, cache=Cache(tmp_path / cls.__name__))
+        keys[cls] = method.cache_key(model, data.train)
+    assert [keys[cls]["method"] for cls in (GradDot, GradCos)] == ["graddot", "gradcos"]
+    assert keys[TracIn]["method"] not in {"graddot", "gradcos"}
+    assert "test_gradient" not in keys[GradDot]["config"] and keys[GradDot]["config"]["seed"] == 0
+    assert keys[GradDot]["generator_device"] == "cpu"
+    assert [ck["epoch"] for ck in keys[TracIn]["checkpoints"]] == [
+        ck.epoch for ck in getattr(model, CHECKPOINTS_ATTR)
+    ]
 
 
 # ----- bad input --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ a shared 2-core machine only slow down.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -229,15 +230,76 @@ def test_arnoldi_deterministic_under_seed(toy, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("make", [_lissa_small, _arnoldi_small], ids=["lissa", "arnoldi"])
 def test_cache_hit_gives_identical_scores(make, toy, tmp_path: Path) -> None:
+    """A warm fit reads the cold fit's entry and gives bitwise the same explanations and self-influence."""
     model, train, x, targets = toy
-    cold_cache = Cache(tmp_path)
-    cold = _fit(make(), model, train, tmp_path).explain(x, targets)
-    cold_cache = Cache(tmp_path)
-    make().fit(model, train, cache=cold_cache)
-    assert (cold_cache.stats.hits, cold_cache.stats.misses) == (1, 0)
+    cache = Cache(tmp_path)
+    cold = make()
+    cold.fit(model, train, cache=cache)
+    cold_scores, cold_self = cold.explain(x, targets), cold.self_influence()
     warm = make()
-    warm.fit(model, train, cache=cold_cache)
-    assert torch.equal(warm.explain(x, targets), cold)
+    warm.fit(model, train, cache=Cache(tmp_path))  # a fresh handle on the same folder
+    assert not cold.from_cache_ and warm.from_cache_
+    assert torch.equal(warm.explain(x, targets), cold_scores)
+    assert torch.equal(warm.self_influence(), cold_self)
+    assert warm.diagnostics() == cold.diagnostics()
+
+
+def test_lissa_recursion_settings_share_the_feature_entry(toy, tmp_path: Path) -> None:
+    """Only ``batch_size`` (of the features' forward pass) is in LiSSA's key: other depths, seeds and
+    scales read the same features, and the hit gives what a cold fit with those settings gives."""
+    model, train, x, targets = toy
+    cache = Cache(tmp_path / "shared")
+    _lissa_small().fit(model, train, cache=cache)
+    other = {"depth": 12, "repeats": 1, "seed": 3, "scale": 20.0, "damping": 1e-2, "hvp_batch_size": 4}
+    hit = _lissa_small(**other, self_influence_chunk=5, explain_batch=2)
+    hit.fit(model, train, cache=cache)
+    assert hit.from_cache_ and (cache.stats.misses, cache.stats.hits) == (1, 1)
+    cold = _fit(_lissa_small(**other), model, train, tmp_path / "cold")
+    assert torch.equal(hit.explain(x, targets), cold.explain(x, targets))
+    _lissa_small(batch_size=7).fit(model, train, cache=cache)
+    assert cache.stats.misses == 2
+
+
+def test_arnoldi_every_option_is_in_the_key(toy, tmp_path: Path) -> None:
+    model, train, _, _ = toy
+    cache = Cache(tmp_path)
+    for kw in ({}, {"hessian_reg": 1e-2}, {"batch_size": 7}, {"embeddings": "captum"}):
+        _arnoldi_small(**kw).fit(model, train, cache=cache)
+    assert (cache.stats.misses, cache.stats.hits) == (4, 0)
+
+
+def test_for_dataset_holds_the_papers_per_dataset_settings() -> None:
+    """LiSSA's depth 6000 / 5000 / 3700 on MNIST / CIFAR-10 / AwA2 and Arnoldi's AwA2 modules, applied on
+    top of the paper preset as the paper suite does."""
+    assert LiSSAConfig.paper().depth == 6000
+    assert [LiSSAConfig.for_dataset(d) for d in ("mnist", "cifar10", "awa2", "toy")] == [
+        {},
+        {"depth": 5000},
+        {"depth": 3700},
+        {},
+    ]
+    assert ArnoldiConfig.for_dataset("awa2") == {"layers": ("classifier", "features.layer4.2.conv2")}
+    assert [ArnoldiConfig.for_dataset(d) for d in ("mnist", "cifar10", "toy")] == [{}, {}, {}]
+    for config_cls, dataset, field, value in [
+        (LiSSAConfig, "mnist", "depth", 6000),
+        (LiSSAConfig, "cifar10", "depth", 5000),
+        (LiSSAConfig, "awa2", "depth", 3700),
+        (ArnoldiConfig, "awa2", "layers", ("classifier", "features.layer4.2.conv2")),
+        (ArnoldiConfig, "mnist", "layers", None),
+    ]:
+        paper = config_cls.preset("paper")
+        config = config_cls.from_dict(config_cls.for_dataset(dataset), base=paper)
+        assert getattr(config, field) == value
+        # the rest stays the paper's
+        assert {k: v for k, v in config.to_dict().items() if k != field} == {
+            k: v for k, v in paper.to_dict().items() if k != field
+        }
+
+
+def test_smoke_presets() -> None:
+    """LiSSA's smoke preset is quick with 2 x 100 HVP steps; Arnoldi's is quick (seconds on the toy)."""
+    assert LiSSAConfig.preset("smoke") == replace(LiSSAConfig.quick(), depth=100, repeats=2)
+    assert ArnoldiConfig.preset("smoke") == ArnoldiConfig.quick()
 
 
 def test_arnoldi_layers_option(toy, tmp_path: Path) -> None:
