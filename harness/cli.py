@@ -18,9 +18,18 @@ from harness import xda_command
 from harness.cache import CacheConflictError
 from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError
+from harness.records import RecordError
 from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_installed_plugins, load_plugin
 
-USER_ERRORS = (ConfigError, RegistryError, DataError, CapabilityError, CacheConflictError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    RegistryError,
+    DataError,
+    CapabilityError,
+    CacheConflictError,
+    FileNotFoundError,
+    RecordError,
+)
 REGISTRIES = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}
 DEFAULT_METRICS = "class_detection,sparsity"
 

@@ -70,9 +70,14 @@ def load(path: str | Path) -> tuple[str, Any]:
             return "benchmarks", data
         if isinstance(data, dict) and "run_id" in data:
             return "records", [records.read_record(path)]
+        if path.suffix == ".json" and not _is_benchmark(data):
+            records.read_record(path)  # raises RecordError naming what is wrong with the file
         raise ConfigError(f"{path} is neither a run record nor a pytest-benchmark file")
     record_dir = path / "records" if (path / "records").is_dir() else path
-    found = [records.read_record(p) for p in sorted(record_dir.glob("*.json")) if "run_id" in _read_json(p)]
+    found, unreadable = records.scan_records(record_dir)
+    for bad, reason in unreadable:
+        if not _is_benchmark(_read_json(Path(bad))):
+            log.warning("%s is left out of the comparison: %s", bad, reason)
     if found:
         return "records", found
     benches = [p for p in sorted(path.glob("*.json")) if _is_benchmark(_read_json(p))]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -47,6 +48,10 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from harness.cache import current_umask
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = (
@@ -97,6 +102,7 @@ def write_record(record: dict[str, Any], directory: str | os.PathLike[str]) -> P
     target = directory / f"{record['run_id']}.json"
     fd, tmp = tempfile.mkstemp(prefix=f".{record['run_id']}.", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; a group may share the results
         with os.fdopen(fd, "w") as handle:
             json.dump(record, handle, indent=1, sort_keys=True, allow_nan=True)
             handle.flush()
@@ -109,23 +115,48 @@ def write_record(record: dict[str, Any], directory: str | os.PathLike[str]) -> P
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record in ``path``; :class:`RecordError` (naming the path) when it is not a valid one."""
     try:
         record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordError(f"{path}: not a readable JSON record ({err})") from err
     validate(record, where=str(path))
     return record
 
 
-def iter_records(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every valid record under ``directory`` (recursively); temp files are ignored."""
+def scan_records(directory: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The valid records under ``directory`` (recursively; temp files ignored) and the unreadable ones.
+
+    Returns
+    -------
+    tuple
+        ``(records, unreadable)``: ``unreadable`` lists ``(path, reason)`` of the files that are not
+        valid records (truncated, not JSON, not an object, a missing key, another schema). Commands
+        report them and go on; a grid's rerun computes their runs again.
+    """
+    good, bad = [], []
     for path in sorted(Path(directory).rglob("*.json")):
         if path.name.startswith("."):
             continue
-        yield read_record(path)
+        try:
+            good.append(read_record(path))
+        except RecordError as err:
+            bad.append((str(path), str(err)))
+    return good, bad
 
 
-def validate(record: dict[str, Any], where: str = "record") -> None:
+def iter_records(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every valid record under ``directory`` (recursively); an unreadable one is logged and skipped."""
+    good, bad = scan_records(directory)
+    for path, reason in bad:
+        log.warning("skipping %s: %s", path, reason)
+    yield from good
+
+
+def validate(record: Any, where: str = "record") -> None:
+    """Raise :class:`RecordError` unless ``record`` is a run record of this schema."""
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: not a run record (a JSON {type(record).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise RecordError(f"{where}: missing keys {missing}")
@@ -135,6 +166,16 @@ def validate(record: dict[str, Any], where: str = "record") -> None:
         )
     if record["status"] not in ("ok", "failed"):
         raise RecordError(f"{where}: status must be 'ok' or 'failed', got {record['status']!r}")
+    for key in ("method", "task", "metrics", "timings", "memory"):
+        if not isinstance(record[key], dict):
+            raise RecordError(f"{where}: {key!r} must be an object, got {type(record[key]).__name__}")
+    for key, fields in (("method", ("name", "label", "config")), ("task", ("name", "n_train", "n_test"))):
+        absent = [f for f in fields if f not in record[key]]
+        if absent:
+            raise RecordError(f"{where}: {key!r} lacks {absent}")
+    broken = [name for name, entry in record["metrics"].items() if not isinstance(entry, dict)]
+    if broken:
+        raise RecordError(f"{where}: metric entries {broken} are not objects")
 
 
 @functools.cache

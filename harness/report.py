@@ -51,7 +51,7 @@ from harness.paper_numbers import (
     format_c,
     paper_name,
 )
-from harness.records import iter_records
+from harness.records import iter_records, scan_records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,6 +92,8 @@ class Runs:
     n_failed: int = 0
     #: ``(run_id, metric)`` of metrics a record calls "ok" whose value is not a finite number (never shown).
     unusable_metrics: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(path, reason)`` of record files that could not be read (never shown; their runs rerun).
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -122,71 +124,80 @@ def load_runs(records_dir: str | Path) -> Runs:
     """Read every record under ``records_dir`` into :class:`Runs` (failed ones are only counted)."""
     import pandas as pd
 
-    all_records = list(iter_records(records_dir))
-    ok = [r for r in all_records if r["status"] == "ok"]
+    all_records, unreadable = scan_records(records_dir)
+    ok = []
     rows = []
     unusable: list[tuple[str, str]] = []
-    for rec in ok:
-        task, method, timings = rec["task"], rec["method"], rec["timings"]
-        explain = timings.get("explain") or {}
-        fit = timings.get("fit") or {}
-        metrics = {
-            n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and _finite(e.get("value"))
-        }
-        unusable += [
-            (rec["run_id"], n)
-            for n, e in rec["metrics"].items()
-            if e.get("status") == "ok" and not _finite(e.get("value"))
-        ]
-        config = method.get("config") or {}
-        n_explained = explain.get("n_points", task.get("n_explained", task["n_test"]))
-        rows.append(
-            {
-                "setting_key": (task["name"], task["n_train"], task["n_test"], _task_setting_hash(task)),
-                "task": task["name"],
-                "variant": task.get("variant") or STD,
-                "n_train": task["n_train"],
-                "n_test": task["n_test"],
-                "method": method["label"],
-                "method_name": method["name"],
-                "method_config": config,
-                "paper_name": paper_name(method["name"], config),
-                "C": _number(config.get("C")),
-                "seed": task.get("seed"),
-                "fit_cold_s": _number(fit.get("cold_s")),
-                "fit_warm_s": _number(fit.get("warm_s")),
-                "explain_s_per_point": _number(explain.get("per_point_median_s")),
-                "explain_batch": _number(explain.get("batch_size")),
-                "warmup_s": _number(timings.get("warmup_s")),
-                "model_s": _number(timings.get("model_s")),
-                "explain_spent_s": _explain_spent(explain),
-                "self_influence_s": _number(timings.get("self_influence_s")),
-                "metrics_s": math.fsum(
-                    _number(v)
-                    for v in (timings.get("metrics_s") or {}).values()
-                    if not math.isnan(_number(v))
-                ),
-                "n_explained": n_explained,
-                "n_test_total": explain.get("n_test_total", task["n_test"]),
-                "explain_extrapolated": bool(explain.get("extrapolated", False)),
-                "metrics": {n: float(e["value"]) for n, e in metrics.items()},
-                "per_point": {n: e.get("per_point") for n, e in metrics.items()},
-                "directions": {n: e["direction"] for n, e in metrics.items()},
-                "details": {n: e.get("details") or {} for n, e in metrics.items()},
-                "sparsity": rec.get("sparsity"),
-                "diagnostics": rec.get("diagnostics") or {},
-                "model": task.get("model") or {},
-                "git": rec.get("git") or {},
-                "environment": rec.get("environment") or {},
-                "created_utc": rec.get("created_utc"),
-                "run_id": rec["run_id"],
-            }
-        )
+    for rec in all_records:
+        if rec["status"] != "ok":
+            continue
+        try:
+            rows.append(_run_row(rec, unusable))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # valid schema, broken content
+            unreadable.append(
+                (str(rec.get("run_id")), f"record {rec.get('run_id')}: {type(err).__name__}: {err}")
+            )
+            continue
+        ok.append(rec)
     frame = pd.DataFrame(rows)
     if not frame.empty:
         names = _setting_names(frame["setting_key"])
         frame.insert(0, "setting", [names[key] for key in frame["setting_key"]])
-    return Runs(frame=frame, records=ok, n_failed=len(all_records) - len(ok), unusable_metrics=unusable)
+    n_failed = sum(r["status"] != "ok" for r in all_records)
+    return Runs(frame=frame, records=ok, n_failed=n_failed, unusable_metrics=unusable, unreadable=unreadable)
+
+
+def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, Any]:
+    """One row of :class:`Runs`' frame from an ok record (appends its non-finite metrics to ``unusable``)."""
+    task, method, timings = rec["task"], rec["method"], rec["timings"]
+    explain = timings.get("explain") or {}
+    fit = timings.get("fit") or {}
+    metrics = {n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and _finite(e.get("value"))}
+    unusable += [
+        (rec["run_id"], n)
+        for n, e in rec["metrics"].items()
+        if e.get("status") == "ok" and not _finite(e.get("value"))
+    ]
+    config = method.get("config") or {}
+    n_explained = explain.get("n_points", task.get("n_explained", task["n_test"]))
+    return {
+        "setting_key": (task["name"], task["n_train"], task["n_test"], _task_setting_hash(task)),
+        "task": task["name"],
+        "variant": task.get("variant") or STD,
+        "n_train": task["n_train"],
+        "n_test": task["n_test"],
+        "method": method["label"],
+        "method_name": method["name"],
+        "method_config": config,
+        "paper_name": paper_name(method["name"], config),
+        "C": _number(config.get("C")),
+        "seed": task.get("seed"),
+        "fit_cold_s": _number(fit.get("cold_s")),
+        "fit_warm_s": _number(fit.get("warm_s")),
+        "explain_s_per_point": _number(explain.get("per_point_median_s")),
+        "explain_batch": _number(explain.get("batch_size")),
+        "warmup_s": _number(timings.get("warmup_s")),
+        "model_s": _number(timings.get("model_s")),
+        "explain_spent_s": _explain_spent(explain),
+        "self_influence_s": _number(timings.get("self_influence_s")),
+        "metrics_s": math.fsum(
+            _number(v) for v in (timings.get("metrics_s") or {}).values() if not math.isnan(_number(v))
+        ),
+        "n_explained": n_explained,
+        "n_test_total": explain.get("n_test_total", task["n_test"]),
+        "explain_extrapolated": bool(explain.get("extrapolated", False)),
+        "metrics": {n: float(e["value"]) for n, e in metrics.items()},
+        "per_point": {n: e.get("per_point") for n, e in metrics.items()},
+        "directions": {n: e["direction"] for n, e in metrics.items()},
+        "details": {n: e.get("details") or {} for n, e in metrics.items()},
+        "sparsity": rec.get("sparsity"),
+        "diagnostics": rec.get("diagnostics") or {},
+        "model": task.get("model") or {},
+        "git": rec.get("git") or {},
+        "environment": rec.get("environment") or {},
+        "created_utc": rec.get("created_utc"),
+        "run_id": rec["run_id"],
+    }
 
 
 def _finite(value: Any) -> bool:
@@ -1333,6 +1344,10 @@ def build_report(
         report.missing.append(
             f"{len(runs.unusable_metrics)} metric value(s) marked ok but not a finite number are not shown, "
             f"e.g. {metric} of record {run_id} (rerun it with --force)."
+        )
+    for path, reason in runs.unreadable:
+        report.missing.append(
+            f"unreadable record {path} is not shown ({reason}); the next run of its grid computes it again."
         )
     if runs.n_failed:
         report.missing.append(
