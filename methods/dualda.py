@@ -17,15 +17,21 @@ Explainable Data Attribution in Large AI Models" (arXiv 2402.12118, TMLR 2025); 
 - self-influence: ``||phi_i||^2 alpha_i^{y_i}`` (the self-attribution; ``self_influence="sq_norm"``),
   the reference code's ``||phi_i|| alpha_i^{y_i}`` (``"norm"``) or ``alpha_i^{y_i}`` (``"alpha"``).
 
+The attribution form, its explanations, feature relevance (XDA) and cache plumbing are shared with
+Representer Points (:class:`methods._feature_kernel.FeatureKernelMethod`); this module solves
+``alpha`` and adds self-influence and the sparse forms.
+
 Cost. ``fit`` = one forward pass over the training set plus the solver, cached by content hash
-(model weights, training data, every solver option). ``explain`` = one forward pass of the test
+(model weights, training data, every solver option; not ``self_influence``, which only chooses
+among scores of one solution). ``explain`` = one forward pass of the test
 points plus a matmul against the SUPPORT VECTORS only (``n_test x d x n_support``);
 :meth:`DualDA.explain` scatters that into the harness' dense ``(n_test, n_train)`` matrix,
 :meth:`DualDA.explain_sparse` and :meth:`DualDA.explain_topk` do not.
 
 Surrogate faithfulness (the paper's appendix) is measured on the training features at fit time and
-put in the record: cosine between the model's and the SVM's class weight vectors, Pearson
-correlation of their logits, and argmax agreement.
+put in the record (:func:`methods._feature_kernel.surrogate_faithfulness`): cosine between the
+model's and the SVM's class weight vectors, Pearson correlation of their logits (the SVM's with its
+bias), and argmax agreement.
 """
 
 from __future__ import annotations
@@ -39,13 +45,11 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option
-from harness.measures import model_fingerprint
-from harness.protocols import DataError, Method, Split, feature_split, penultimate_features
+from harness.protocols import DataError, Split, feature_split
+from methods._feature_kernel import FeatureKernelMethod
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,11 @@ class DualDAConfig(Config):
         base = base if base is not None else cls.paper()
         return [replace(base, C=c) for c in C_GRID]
 
+    @classmethod
+    def sweep(cls) -> tuple[dict[str, Any], ...]:
+        """The paper's C grid, one run per C: ``({"C": 1e-5}, {"C": 1e-3}, {"C": 1e-1})``."""
+        return tuple({"C": c} for c in C_GRID)
+
 
 @dataclass
 class SparseAttributions:
@@ -127,45 +136,25 @@ class SparseAttributions:
         return dense
 
 
-class DualDA(Method):
-    """DualDA (DualXDA paper): sparse attributions from the SVM surrogate's dual variables."""
+class DualDA(FeatureKernelMethod):
+    """DualDA (DualXDA paper): sparse attributions from the SVM surrogate's dual variables.
+
+    Explanations, feature relevance and the cache are :class:`~methods._feature_kernel.FeatureKernelMethod`'s;
+    this class solves ``alpha`` (:meth:`solve`), defines self-influence and adds the sparse forms
+    (:meth:`explain_sparse`, :meth:`explain_topk`).
+    """
 
     Config = DualDAConfig
     version = "1"
-    supports = frozenset({"self_influence", "sparse", "cache", "feature_decomposition"})
+    supports = FeatureKernelMethod.supports | {"self_influence", "sparse"}
     attributes_through = "penultimate features (an SVM surrogate of the classifier on phi)"
     self_influence_definition = "||phi_i||^2 alpha_i^{y_i} (options: ||phi_i|| alpha_i^{y_i}, alpha_i^{y_i})"
+    cache_ignores = frozenset({"self_influence"})  # chooses among scores of one solution
+    cheap = True
+    label = "DualDA"
+    keep_support_only = True
 
     config: DualDAConfig
-
-    def __init__(self, config: DualDAConfig | None = None) -> None:
-        super().__init__(config)
-        self.alpha_: Tensor | None = None  # (n_train, k) float64, CPU
-        self.support_: Tensor | None = None  # (n_support,) long, model device
-        self.support_features_: Tensor | None = None  # (n_support, d) float32, model device
-        self.support_alpha_: Tensor | None = None  # (k, n_support) float32, model device
-        self.train_sq_norms_: Tensor | None = None  # (n_train,) float64, CPU
-        self.train_labels_: Tensor | None = None  # (n_train,) long, CPU
-        self.weights_: Tensor | None = None  # (k, d) float64, CPU: W = alpha^T phi
-        self.bias_: Tensor | None = None  # (k,) float64, CPU
-        self.solver_info_: dict[str, Any] = {}
-        self._model: nn.Module | None = None
-        self._device: torch.device | None = None
-
-    # ----- features ---------------------------------------------------------------------------
-    def _features(self, model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
-        """``(n, d)`` float32 penultimate features of ``x``, in batches, eval mode, no grad."""
-        return penultimate_features(model, x, self.config.batch_size, device)
-
-    def _cache_key(self, model: nn.Module, train: Split) -> dict[str, Any]:
-        solver = {k: v for k, v in self.config.to_dict().items() if k != "self_influence"}
-        return {
-            "method": "DualDA",
-            "version": self.version,
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-            **solver,
-        }
 
     # ----- lifecycle --------------------------------------------------------------------------
     def warm_up(self, device: torch.device) -> None:
@@ -175,44 +164,23 @@ class DualDA(Method):
 
         compile_kernels()
 
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Features of the training set, then the Crammer–Singer dual; cached by content hash.
+    def solve(self, model: nn.Module, train: Split, phi: Tensor) -> Artefact:
+        """The Crammer–Singer dual on ``(phi, train.y)``: alpha, the SVM's weights and bias, diagnostics.
 
         Parameters
         ----------
-        model:
-            The trained model (with a ``features``/``classifier`` split), on its device.
-        train:
-            ``x`` ``(n_train, *input_shape)``; ``y`` ``(n_train,)`` the labels the model was trained on.
-        cache:
-            Stores alpha, the support vectors' features, all squared feature norms, the SVM
-            weights and the solver's diagnostics.
-        """
-        device = _model_device(model)
-        if len(train) == 0:
-            raise DataError("DualDA: the training set is empty; it needs points of at least two classes")
-        artefact = cache.get_or_create(
-            self._cache_key(model, train), lambda: self._solve(model, train, device)
-        )
-        t = artefact.tensors
-        self.alpha_ = t["alpha"]
-        self.support_ = t["support"].to(device)
-        self.support_features_ = t["support_features"].to(device=device, dtype=torch.float32)
-        # (k, n_support): row c holds alpha_S^c, so picking one row per test point is contiguous
-        self.support_alpha_ = t["alpha"][t["support"]].T.contiguous().to(device=device, dtype=torch.float32)
-        self.train_sq_norms_ = t["sq_norms"]
-        self.train_labels_ = t["labels"]
-        self.weights_, self.bias_ = t["weights"], t["bias"]
-        self.solver_info_ = dict(artefact.meta)
-        self._model = model
-        self._device = device
-        self._fitted = True
+        phi:
+            ``(n_train, d)`` float32 training features on the model's device.
 
-    def _solve(self, model: nn.Module, train: Split, device: torch.device) -> Artefact:
+        Returns
+        -------
+        Artefact
+            ``alpha`` ``(n_train, k)``, ``weights`` ``(k, d)``, ``bias`` ``(k,)`` (float64, CPU);
+            meta: the solver's time, iterations, convergence, KKT violation and objectives.
+        """
         from methods.cs_dual import solve_cs_dual
 
         cfg = self.config
-        phi = self._features(model, train.x, device)
         log.info("dualda: %d training features of dimension %d; solving with C=%g", *phi.shape, cfg.C)
         phi_np = phi.cpu().numpy()
         labels = train.y.detach().cpu().long()
@@ -228,13 +196,7 @@ class DualDA(Method):
             bias_scale=cfg.bias_scale,
             seed=cfg.seed,
         )
-        alpha = torch.from_numpy(solution.alpha)
-        support = torch.nonzero(alpha.abs().sum(dim=1) > 0).flatten()
         meta = {
-            "n_train": len(train),
-            "feature_dim": int(phi.shape[1]),
-            "n_support": int(support.numel()),
-            "support_share": support.numel() / len(train),
             "solver_seconds": solution.seconds,
             "iterations": solution.iterations,
             "converged": solution.converged,
@@ -242,15 +204,10 @@ class DualDA(Method):
             "primal_objective": solution.primal_objective,
             "dual_objective": solution.dual_objective,
             "duality_gap": solution.duality_gap,
-            **surrogate_faithfulness(model, phi, solution.weights, solution.bias),
         }
         return Artefact(
             tensors={
-                "alpha": alpha,
-                "support": support,
-                "support_features": phi[support.to(phi.device)].cpu().contiguous(),
-                "sq_norms": (phi.double() ** 2).sum(dim=1).cpu(),
-                "labels": labels,
+                "alpha": torch.from_numpy(solution.alpha),
                 "weights": torch.from_numpy(solution.weights),
                 "bias": torch.from_numpy(solution.bias),
             },
@@ -264,27 +221,13 @@ class DualDA(Method):
         ``values[j, s] = alpha_{S_s}^{c_j} <phi_j, phi(x_{S_s})>`` over the support vectors S only.
         """
         self._require_fitted()
-        assert self.support_features_ is not None and self.support_alpha_ is not None
         assert self.support_ is not None and self.alpha_ is not None
-        targets = targets.to(self.support_alpha_.device).long().reshape(-1)
-        if targets.shape[0] != phi.shape[0]:
-            raise DataError(f"DualDA: {phi.shape[0]} test points but {targets.shape[0]} targets")
-        k = self.support_alpha_.shape[0]
-        if targets.numel() and (targets.min() < 0 or targets.max() >= k):
-            raise DataError(f"DualDA: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}")
-        values = phi.float() @ self.support_features_.T  # (n_test, n_support) inner products
-        values.mul_(self.support_alpha_[targets])  # times alpha_S^{c_j}, in place (one pass less)
-        return SparseAttributions(self.support_, values, int(self.alpha_.shape[0]))
+        return SparseAttributions(self.support_, self.kernel_values(phi, targets), int(self.alpha_.shape[0]))
 
     def explain_sparse(self, x: Tensor, targets: Tensor) -> SparseAttributions:
         """Attributions of test inputs ``x`` ``(n_test, *input_shape)`` on the support vectors only."""
         self._require_fitted()
-        assert self._model is not None and self._device is not None
-        return self.explain_features(self._features(self._model, x, self._device), targets)
-
-    def explain(self, x: Tensor, targets: Tensor) -> Tensor:
-        """``(n_test, n_train)`` float32 attributions; exactly zero outside the support vectors."""
-        return self.explain_sparse(x, targets).to_dense()
+        return self.explain_features(self.features_of(x), targets)
 
     def explain_topk(
         self, x: Tensor, targets: Tensor, k: int, *, largest: bool = True
@@ -303,33 +246,10 @@ class DualDA(Method):
         values, columns = torch.topk(sparse.values, k, dim=1, largest=largest)
         return values, sparse.indices[columns]
 
-    def feature_relevance(self, x: Tensor, target: int | Tensor, train_indices: Tensor) -> Tensor:
-        """XDA's per-feature terms ``alpha_i^c phi_k(x) phi_k(x_i)``: ``(m, d)`` float64 (:class:`Method`).
-
-        ``x`` ``(1, *input_shape)``; rows of training points that are not support vectors are 0.
-        """
-        self._require_fitted()
-        assert self._model is not None and self._device is not None and self.alpha_ is not None
-        assert self.support_ is not None and self.support_features_ is not None
-        n_train, k = self.alpha_.shape
-        index, c = _check_decomposition_input(x, target, train_indices, n_train, k)
-        phi = self._features(self._model, x, self._device).double()  # (1, d)
-        position = torch.full((n_train,), -1, dtype=torch.long)
-        position[self.support_.cpu()] = torch.arange(self.support_.numel())
-        pos = position[index]
-        rows = torch.zeros(len(index), phi.shape[1], dtype=torch.float64, device=self._device)
-        hit = pos >= 0
-        if hit.any():
-            alpha = self.alpha_[index[hit], c].to(self._device)
-            support = self.support_features_[pos[hit].to(self._device)].double()
-            rows[hit.to(self._device)] = alpha[:, None] * phi * support
-        return rows
-
     def self_influence(self) -> Tensor:
         """``(n_train,)`` float32 self-influence (``config.self_influence`` chooses the definition)."""
-        self._require_fitted()
-        assert self.alpha_ is not None and self.train_labels_ is not None and self.train_sq_norms_ is not None
-        own = self.alpha_[torch.arange(len(self.train_labels_)), self.train_labels_]
+        own = self.own_alpha()
+        assert self.train_sq_norms_ is not None
         kind = self.config.self_influence
         if kind == "sq_norm":
             scores = self.train_sq_norms_ * own
@@ -340,32 +260,7 @@ class DualDA(Method):
         return scores.to(torch.float32)
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"C": self.config.C, **self.solver_info_}
-
-
-def surrogate_faithfulness(model: nn.Module, phi: Tensor, weights: Any, bias: Any) -> dict[str, float | None]:
-    """How closely the SVM surrogate follows the model's own classifier on features ``phi``.
-
-    Returns the mean cosine between the model's and the SVM's per-class weight vectors (None when
-    the classifier is not a single linear layer), the Pearson correlation of all logits, and the
-    share of points where the two argmax predictions agree.
-    """
-    _, classifier = feature_split(model)
-    svm_w = torch.as_tensor(weights, dtype=torch.float64)
-    svm_b = torch.as_tensor(bias, dtype=torch.float64)
-    cosine = None
-    if isinstance(classifier, torch.nn.Linear) and tuple(classifier.weight.shape) == tuple(svm_w.shape):
-        model_w = classifier.weight.detach().double().cpu()
-        cosine = float(torch.nn.functional.cosine_similarity(model_w, svm_w, dim=1).mean())
-    with torch.no_grad():
-        model_logits = classifier(phi).double().cpu()
-    svm_logits = phi.double().cpu() @ svm_w.T + svm_b
-    if model_logits.shape != svm_logits.shape:
-        return {"weight_cosine": cosine, "logit_correlation": None, "argmax_agreement": None}
-    stacked = torch.stack([model_logits.flatten(), svm_logits.flatten()])
-    correlation = float(torch.corrcoef(stacked)[0, 1])
-    agreement = float((model_logits.argmax(dim=1) == svm_logits.argmax(dim=1)).double().mean())
-    return {"weight_cosine": cosine, "logit_correlation": correlation, "argmax_agreement": agreement}
+        return {"C": self.config.C, **super().diagnostics()}
 
 
 def _num_classes(model: nn.Module, labels: Tensor) -> int:
@@ -376,25 +271,3 @@ def _num_classes(model: nn.Module, labels: Tensor) -> int:
     if labels.numel() and int(labels.max()) >= k:
         raise DataError(f"DualDA: labels reach {int(labels.max())} but the model has {k} outputs")
     return k
-
-
-def _check_decomposition_input(
-    x: Tensor, target: int | Tensor, train_indices: Tensor, n_train: int, k: int
-) -> tuple[Tensor, int]:
-    """``(m,)`` long CPU training indices and the int class, checked (DataError on bad input)."""
-    if x.dim() < 2 or x.shape[0] != 1:
-        raise DataError(
-            f"DualDA: feature_relevance explains one input (1, *input_shape), got {tuple(x.shape)}"
-        )
-    c = int(target)
-    if not 0 <= c < k:
-        raise DataError(f"DualDA: target must be a class in 0..{k - 1}, got {c}")
-    index = torch.as_tensor(train_indices).detach().cpu().long().reshape(-1)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_train):
-        raise DataError(f"DualDA: training indices must lie in 0..{n_train - 1}")
-    return index, c
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")

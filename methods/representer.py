@@ -7,7 +7,7 @@ Paper: Yeh, Kim, Yen, Ravikumar, "Representer Point Selection for Explaining Dee
 Notation, paper -> code:
 
 - ``phi(x)`` (Yeh: ``f_i``): penultimate features = ``model.features(x)`` (eval mode, no grad,
-  flattened) -> ``phi``; computed once on the training set in :meth:`RepresenterPoints.fit` and
+  flattened) -> ``phi``; computed once on the training set in :meth:`RepresenterPoints.compute` and
   only on the test inputs in :meth:`RepresenterPoints.explain`;
 - ``Theta`` (Yeh: the last layer's weights) -> ``W`` ``(k, d)``, WITHOUT a bias: Yeh et al.'s
   representer theorem (their Theorem 3.1) is stated for ``Phi(x_i, Theta) = Theta f_i``; with a
@@ -61,9 +61,14 @@ It stops after ``epochs`` steps or when ``||grad L(W)||_F <= tol``. ``epochs`` c
 steps (one full pass over the training features each); line-search trials reuse that pass's
 ``Phi g^T`` and cost ``O(N k)`` each.
 
-Surrogate faithfulness is measured on the training features at fit time and put in the record:
-argmax agreement and Pearson correlation of the logits of the model's classifier (with its bias)
-and the surrogate, and the mean cosine between their per-class weight vectors.
+The attribution form, its explanations, feature relevance (XDA) and cache plumbing are shared with
+DualDA (:class:`methods._feature_kernel.FeatureKernelMethod`); this module solves ``alpha`` (the
+refit) and defines self-influence.
+
+Surrogate faithfulness is measured on the training features at fit time and put in the record
+(:func:`methods._feature_kernel.surrogate_faithfulness`): argmax agreement and Pearson correlation
+of the logits of the model's classifier (with its bias) and the surrogate, and the mean cosine
+between their per-class weight vectors.
 """
 
 from __future__ import annotations
@@ -77,13 +82,11 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option
-from harness.measures import model_fingerprint
-from harness.protocols import DataError, Method, Split, feature_split, penultimate_features
+from harness.protocols import DataError, Split, feature_split
+from methods._feature_kernel import FeatureKernelMethod
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
-
-    from harness.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -284,89 +287,45 @@ def surrogate_targets(model: nn.Module, phi: Tensor, labels: Tensor, kind: str, 
     return torch.softmax(logits, dim=1)
 
 
-class RepresenterPoints(Method):
-    """Representer Points (Yeh et al. 2018): ``a_i(x) = alpha_i^c <phi(x), phi(x_i)>``."""
+class RepresenterPoints(FeatureKernelMethod):
+    """Representer Points (Yeh et al. 2018): ``a_i(x) = alpha_i^c <phi(x), phi(x_i)>``.
+
+    Explanations, feature relevance and the cache are :class:`~methods._feature_kernel.FeatureKernelMethod`'s;
+    this class solves ``alpha`` by the softmax refit (:meth:`solve`) and defines self-influence.
+    """
 
     Config = RepresenterConfig
     version = "2"
-    supports = frozenset({"cache", "self_influence", "feature_decomposition"})
+    supports = FeatureKernelMethod.supports | {"self_influence"}
     attributes_through = "last layer (surrogate of the classifier on penultimate features)"
     self_influence_definition = (
         "alpha_i^{y_i} ||phi_i||^2, y_i the training label: the self-attribution a_i(x_i) with the alpha "
         "the attributions use (the reference code's ranking); with the model's softmax outputs as "
         "targets it is large where the model fits y_i better than the regularised surrogate"
     )
+    cheap = True
+    label = "Representer Points"
 
     config: RepresenterConfig
 
-    def __init__(self, config: RepresenterConfig | None = None) -> None:
-        super().__init__(config)
-        self.alpha_: Tensor | None = None  # (n_train, k) float64, CPU
-        self.weights_: Tensor | None = None  # (k, d) float64, CPU: the surrogate W (no bias)
-        self.train_features_: Tensor | None = None  # (n_train, d) float32, model device
-        self.class_alpha_: Tensor | None = None  # (k, n_train) float32, model device: alpha^T
-        self.train_sq_norms_: Tensor | None = None  # (n_train,) float64, CPU
-        self.train_labels_: Tensor | None = None  # (n_train,) long, CPU
-        self.fit_info_: dict[str, Any] = {}
-        self._model: nn.Module | None = None
-        self._device: torch.device | None = None
-
-    # ----- features ---------------------------------------------------------------------------
-    def _features(self, model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
-        """``(n, d)`` float32 penultimate features of ``x``, in batches, eval mode, no grad."""
-        return penultimate_features(model, x, self.config.batch_size, device)
-
-    def _cache_key(self, model: nn.Module, train: Split) -> dict[str, Any]:
-        return {
-            "method": "RepresenterPoints",
-            "version": self.version,
-            "train": train.fingerprint(),
-            "model": model_fingerprint(model),
-            **self.config.to_dict(),
-        }
-
     # ----- lifecycle --------------------------------------------------------------------------
-    def fit(self, model: nn.Module, train: Split, *, cache: Cache) -> None:
-        """Training features, then the softmax surrogate's refit and ``alpha``; cached by content hash.
+    def solve(self, model: nn.Module, train: Split, phi: Tensor) -> Artefact:
+        """The softmax surrogate's refit on ``phi`` and its ``alpha``.
 
         Parameters
         ----------
-        model:
-            The trained model (with a ``features``/``classifier`` split), on its device.
-        train:
-            ``x`` ``(n_train, *input_shape)``; ``y`` ``(n_train,)`` the labels the model was trained on.
-        cache:
-            Stores alpha ``(n_train, k)``, the training features ``(n_train, d)`` float32, the
-            surrogate ``W`` ``(k, d)``, the labels, the targets ``(n_train, k)`` and the refit's
-            diagnostics.
-        """
-        feature_split(model)  # CapabilityError before any work when the split is missing
-        device = _model_device(model)
-        if len(train) == 0:
-            raise DataError("Representer Points: the training set is empty")
-        artefact = cache.get_or_create(
-            self._cache_key(model, train), lambda: self._solve(model, train, device)
-        )
-        t = artefact.tensors
-        self.alpha_ = t["alpha"]
-        self.weights_ = t["weights"]
-        self.train_labels_ = t["labels"]
-        self.train_features_ = t["features"].to(device=device, dtype=torch.float32)
-        self.class_alpha_ = t["alpha"].T.contiguous().to(device=device, dtype=torch.float32)
-        self.train_sq_norms_ = (t["features"].double() ** 2).sum(dim=1)
-        self.fit_info_ = dict(artefact.meta)
-        self._model = model
-        self._device = device
-        self._fitted = True
+        phi:
+            ``(n_train, d)`` float32 training features on the model's device.
 
-    def _solve(self, model: nn.Module, train: Split, device: torch.device) -> Artefact:
+        Returns
+        -------
+        Artefact
+            ``alpha`` ``(n_train, k)``, ``weights`` ``(k, d)`` (the surrogate ``W``, no bias) and
+            ``targets`` ``(n_train, k)``, float64 on the CPU; meta: the refit's diagnostics.
+        """
         cfg = self.config
-        phi = self._features(model, train.x, device)
-        if not torch.isfinite(phi).all():
-            raise DataError(
-                "Representer Points: the training features contain NaN or inf; check the inputs "
-                "and the model's weights"
-            )
+        assert self.device_ is not None
+        device = self.device_
         labels = train.y.detach().cpu().long()
         init = _initial_weights(model, labels, phi.shape[1])
         # float64 is slow or missing on some accelerators (MPS): solve on the CPU there
@@ -400,8 +359,6 @@ class RepresenterPoints(Method):
         meta = {
             "targets": cfg.targets,
             "target_mean_abs_error": target_gap,
-            "n_train": len(train),
-            "feature_dim": int(phi.shape[1]),
             "num_classes": int(weights.shape[0]),
             "epochs_run": fit.epochs,
             "converged": fit.converged,
@@ -410,14 +367,11 @@ class RepresenterPoints(Method):
             "initial_objective": fit.initial_objective,
             "line_search_trials": fit.line_search_trials,
             "representer_residual": residual,
-            **surrogate_faithfulness(model, phi, weights),
         }
         return Artefact(
             tensors={
                 "alpha": alpha.contiguous(),
                 "weights": weights.contiguous(),
-                "features": phi.cpu().contiguous(),
-                "labels": labels,
                 "targets": targets.contiguous(),
             },
             meta=meta,
@@ -430,106 +384,16 @@ class RepresenterPoints(Method):
         Returns ``(n_test, n_train)`` with ``[j, i] = alpha_i^{c_j} <phi_j, phi(x_i)>``, in float64
         when ``phi`` is float64 (exact checks) and float32 otherwise, on the model's device.
         """
-        self._require_fitted()
-        assert self.train_features_ is not None and self.class_alpha_ is not None
-        assert self.alpha_ is not None and self._device is not None
-        phi = phi.to(self._device).flatten(start_dim=1)
-        targets = targets.to(self._device).long().reshape(-1)
-        if targets.shape[0] != phi.shape[0]:
-            raise DataError(f"Representer Points: {phi.shape[0]} test points but {targets.shape[0]} targets")
-        k = self.class_alpha_.shape[0]
-        if targets.numel() and (targets.min() < 0 or targets.max() >= k):
-            raise DataError(
-                f"Representer Points: targets must be classes in 0..{k - 1}, got {targets.unique().tolist()}"
-            )
-        if phi.shape[1] != self.train_features_.shape[1]:
-            raise DataError(
-                f"Representer Points: test features have {phi.shape[1]} dimensions, the training "
-                f"features {self.train_features_.shape[1]}"
-            )
-        if phi.dtype == torch.float64:
-            train, class_alpha = self.train_features_.double(), self.alpha_.T.to(self._device)
-        else:
-            phi, train, class_alpha = phi.float(), self.train_features_, self.class_alpha_
-        scores = phi @ train.T  # (n_test, n_train) inner products
-        scores.mul_(class_alpha[targets])  # times alpha_i^{c_j}, in place
-        return scores
-
-    def explain(self, x: Tensor, targets: Tensor) -> Tensor:
-        """``(n_test, n_train)`` float32 attributions of test inputs ``x`` ``(n_test, *input_shape)``.
-
-        ``targets`` ``(n_test,)``: the class explained per test point (the model's prediction).
-        """
-        self._require_fitted()
-        assert self._model is not None and self._device is not None
-        return self.explain_features(self._features(self._model, x, self._device), targets)
-
-    def feature_relevance(self, x: Tensor, target: int | Tensor, train_indices: Tensor) -> Tensor:
-        """XDA's per-feature terms ``alpha_i^c phi_k(x) phi_k(x_i)``: ``(m, d)`` float64 (:class:`Method`).
-
-        ``x`` ``(1, *input_shape)``: one test input; row ``j`` sums to ``explain(x, target)[0, i_j]``.
-        """
-        self._require_fitted()
-        assert self._model is not None and self._device is not None and self.alpha_ is not None
-        assert self.train_features_ is not None
-        n_train, k = self.alpha_.shape
-        if x.dim() < 2 or x.shape[0] != 1:
-            raise DataError(
-                "Representer Points: feature_relevance explains one input (1, *input_shape), got "
-                f"{tuple(x.shape)}"
-            )
-        c = int(target)
-        if not 0 <= c < k:
-            raise DataError(f"Representer Points: target must be a class in 0..{k - 1}, got {c}")
-        index = torch.as_tensor(train_indices).detach().cpu().long().reshape(-1)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_train):
-            raise DataError(f"Representer Points: training indices must lie in 0..{n_train - 1}")
-        phi = self._features(self._model, x, self._device).double()  # (1, d)
-        alpha = self.alpha_[index, c].to(self._device)
-        return alpha[:, None] * phi * self.train_features_[index.to(self._device)].double()
+        return self.explain_phi(phi, targets)
 
     def self_influence(self) -> Tensor:
         """``(n_train,)`` float32: ``alpha_i^{y_i} ||phi_i||^2``, the self-attribution (module docstring)."""
-        self._require_fitted()
-        assert self.alpha_ is not None and self.train_labels_ is not None and self.train_sq_norms_ is not None
-        own = self.alpha_[torch.arange(len(self.train_labels_)), self.train_labels_]
+        own = self.own_alpha()
+        assert self.train_sq_norms_ is not None
         return (own * self.train_sq_norms_).to(torch.float32)
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"lam": self.config.lam, **self.fit_info_}
-
-
-def surrogate_faithfulness(model: nn.Module, phi: Tensor, weights: Tensor) -> dict[str, float | None]:
-    """How closely the surrogate ``phi W^T`` follows the model's classifier on features ``phi``.
-
-    Parameters
-    ----------
-    phi:
-        ``(n, d)`` features (the training set's).
-    weights:
-        ``(k, d)`` the surrogate's ``W`` (no bias).
-
-    Returns
-    -------
-    dict
-        ``argmax_agreement`` (share of points where both predict the same class),
-        ``logit_correlation`` (Pearson, over all logits; the model's include its bias) and
-        ``weight_cosine`` (mean over classes; None unless the classifier is one linear layer).
-    """
-    _, classifier = feature_split(model)
-    w = weights.double().cpu()
-    cosine = None
-    if isinstance(classifier, torch.nn.Linear) and tuple(classifier.weight.shape) == tuple(w.shape):
-        model_w = classifier.weight.detach().double().cpu()
-        cosine = float(torch.nn.functional.cosine_similarity(model_w, w, dim=1).mean())
-    with torch.no_grad():
-        model_logits = classifier(phi).double().cpu()
-    logits = phi.double().cpu() @ w.T
-    if model_logits.shape != logits.shape or logits.numel() < 2:
-        return {"argmax_agreement": None, "logit_correlation": None, "weight_cosine": cosine}
-    correlation = float(torch.corrcoef(torch.stack([model_logits.flatten(), logits.flatten()]))[0, 1])
-    agreement = float((model_logits.argmax(dim=1) == logits.argmax(dim=1)).double().mean())
-    return {"argmax_agreement": agreement, "logit_correlation": correlation, "weight_cosine": cosine}
+        return {"lam": self.config.lam, **super().diagnostics()}
 
 
 def _initial_weights(model: nn.Module, labels: Tensor, dim: int) -> Tensor:
@@ -549,8 +413,3 @@ def _initial_weights(model: nn.Module, labels: Tensor, dim: int) -> Tensor:
             f"got {int(labels.min())}..{int(labels.max())}"
         )
     return init
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")

@@ -47,9 +47,10 @@ def test_registered_under_its_paper_name() -> None:
     assert METHODS.get("dualda") is DualDA
     assert DualDA.supports == {"self_influence", "sparse", "cache", "feature_decomposition"}
     assert [c.C for c in DualDAConfig.grid()] == list(C_GRID) == [1e-5, 1e-3, 1e-1]
-    from harness.suites import DUALDA_C_GRID, get_suite
+    assert DualDAConfig.sweep() == ({"C": 1e-5}, {"C": 1e-3}, {"C": 1e-1})
+    assert DualDA.cheap and DualDA.cache_ignores == {"self_influence"}
+    from harness.suites import get_suite
 
-    assert DUALDA_C_GRID == C_GRID
     std_specs = [s for s in get_suite("quick") if dict(s.task.overrides)["variant"] == "std"]
     in_suite = [dict(s.method.overrides)["C"] for s in std_specs if s.method.name == "dualda"]
     assert in_suite == list(C_GRID)
@@ -198,3 +199,54 @@ def test_bad_input_is_a_clear_error(toy_setup, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="targets"):
         method.explain(data.test.x, torch.zeros(3, dtype=torch.long))
     assert np.isfinite(method.self_influence().numpy()).all()
+
+
+# ----- the shared feature-kernel base (DualDA and Representer Points) --------------------------
+@pytest.mark.parametrize(
+    ("name", "config"), [("dualda", {"C": 0.1}), ("representer", {}), ("representer", {"targets": "labels"})]
+)
+def test_feature_kernel_cache_hit_equals_cold_fit_bitwise(
+    toy_setup, tmp_path: Path, name: str, config
+) -> None:
+    from methods._feature_kernel import FeatureKernelMethod
+
+    _, data, model = toy_setup
+    method_cls = METHODS.get(name)
+    assert issubclass(method_cls, FeatureKernelMethod) and method_cls.cheap
+    assert {"cache", "feature_decomposition", "self_influence"} <= method_cls.supports
+    fresh = method_cls(method_cls.Config(**config))
+    targets = torch.zeros(len(data.test), dtype=torch.long)
+    with pytest.raises(NotFittedError):
+        fresh.explain(data.test.x, targets)
+    with pytest.raises(NotFittedError):
+        fresh.feature_relevance(data.test.x[:1], 0, torch.arange(3))
+    with pytest.raises(NotFittedError):
+        fresh.self_influence()
+
+    cache = Cache(tmp_path)
+    cold, warm = (method_cls(method_cls.Config(**config)) for _ in range(2))
+    cold.fit(model, data.train, cache=cache)
+    warm.fit(model, data.train, cache=cache)
+    assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+    assert not cold.from_cache_ and warm.from_cache_
+    assert cold.cache_key(model, data.train)["method"] == name
+    with torch.no_grad():
+        targets = model(data.test.x).argmax(dim=1)
+    scores = cold.explain(data.test.x, targets)
+    assert scores.dtype == torch.float32 and scores.shape == (len(data.test), len(data.train))
+    assert torch.equal(scores, warm.explain(data.test.x, targets))
+    assert torch.equal(cold.self_influence(), warm.self_influence())
+    index = torch.arange(len(data.train))
+    for j in (0, len(data.test) - 1):
+        x, c = data.test.x[j : j + 1], int(targets[j])
+        terms = cold.feature_relevance(x, c, index)
+        assert terms.dtype == torch.float64 and torch.equal(terms, warm.feature_relevance(x, c, index))
+        assert torch.allclose(terms.sum(dim=1).float(), scores[j], rtol=1e-4, atol=1e-6)
+    assert cold.diagnostics() == warm.diagnostics()
+    assert {"feature_dim", "n_train", "argmax_agreement", "logit_correlation", "weight_cosine"} <= set(
+        cold.diagnostics()
+    )
+    with pytest.raises(DataError, match="one input"):
+        cold.feature_relevance(data.test.x[:2], 0, index)
+    with pytest.raises(DataError, match="training indices must lie in"):
+        cold.feature_relevance(data.test.x[:1], 0, torch.tensor([len(data.train)]))
