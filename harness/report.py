@@ -94,6 +94,8 @@ class Runs:
     unusable_metrics: list[tuple[str, str]] = field(default_factory=list)
     #: ``(path, reason)`` of record files that could not be read (never shown; their runs rerun).
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: The failed records (listed with what broke, never in a table).
+    failed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -143,8 +145,15 @@ def load_runs(records_dir: str | Path) -> Runs:
     if not frame.empty:
         names = _setting_names(frame["setting_key"])
         frame.insert(0, "setting", [names[key] for key in frame["setting_key"]])
-    n_failed = sum(r["status"] != "ok" for r in all_records)
-    return Runs(frame=frame, records=ok, n_failed=n_failed, unusable_metrics=unusable, unreadable=unreadable)
+    failed = [r for r in all_records if r["status"] != "ok"]
+    return Runs(
+        frame=frame,
+        records=ok,
+        n_failed=len(failed),
+        unusable_metrics=unusable,
+        unreadable=unreadable,
+        failed=failed,
+    )
 
 
 def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, Any]:
@@ -198,6 +207,19 @@ def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, 
         "created_utc": rec.get("created_utc"),
         "run_id": rec["run_id"],
     }
+
+
+def _failure_line(rec: dict[str, Any]) -> str:
+    """``method on task/variant (n_train, seed): what broke``, one line, from a failed record."""
+    method, task = rec["method"], rec["task"]
+    error = rec.get("error") or {}
+    message = str(error.get("message") or "no error message").strip().splitlines() or [""]
+    where = (
+        f"{task.get('name')}/{task.get('variant', STD)} n_train={task.get('n_train')} seed={task.get('seed')}"
+    )
+    return (
+        f"{method.get('label') or method.get('name')} on {where}: {error.get('type', 'Error')}: {message[0]}"
+    )
 
 
 def _finite(value: Any) -> bool:
@@ -1349,11 +1371,8 @@ def build_report(
         report.missing.append(
             f"unreadable record {path} is not shown ({reason}); the next run of its grid computes it again."
         )
-    if runs.n_failed:
-        report.missing.append(
-            f"{runs.n_failed} failed record(s) are not shown (their errors are in the records; rerun "
-            "them with --retry-failed)."
-        )
+    for rec in runs.failed:
+        report.missing.append(f"failed run, not shown: {_failure_line(rec)} (rerun it with --retry-failed)")
     for table in report.tables:
         report.missing += table.missing
 

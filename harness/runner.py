@@ -194,15 +194,43 @@ def method_label(method: Method) -> str:
 
 
 def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """``method.explain`` over ``x`` in batches, on the CPU: ``(n_test, n_train)``.
+
+    Raises
+    ------
+    ExplanationError
+        When a batch is not a floating-point tensor with one row per test point of the batch, or
+        the rows of two batches differ in length (a method's output must not be taken for attributions).
+    """
     import torch
 
-    parts = [
-        method.explain(x[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
-        .detach()
-        .cpu()
-        for i in range(0, len(x), batch_size)
-    ]
+    parts = []
+    for i in range(0, len(x), batch_size):
+        part = method.explain(x[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
+        rows = len(x[i : i + batch_size])
+        if not isinstance(part, torch.Tensor):
+            raise ExplanationError(
+                f"method {method.name!r}: explain returned a {type(part).__name__}, expected a torch.Tensor "
+                "(n_test x n_train)"
+            )
+        if part.dim() != 2 or part.shape[0] != rows or (parts and part.shape[1] != parts[0].shape[1]):
+            expected = f"{rows}x{parts[0].shape[1] if parts else 'n_train'}"
+            shape = "x".join(map(str, part.shape)) or "a scalar"
+            raise ExplanationError(
+                f"method {method.name!r}: explain returned {shape} for {rows} test points, expected "
+                f"{expected} (n_test x n_train)"
+            )
+        if not part.is_floating_point():
+            raise ExplanationError(
+                f"method {method.name!r}: explain returned {str(part.dtype).replace('torch.', '')} values; "
+                "attributions are floating point (float32)"
+            )
+        parts.append(part.detach().cpu())
     return torch.cat(parts)
+
+
+class ExplanationError(RuntimeError):
+    """A method's explanations cannot be attributions (wrong type, shape, dtype, non-finite values)."""
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
@@ -352,8 +380,8 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     # timings and the metrics that read only self-influence are still recorded.
     problem = _explanation_problem(explanations, len(test_x), len(data.train), method.name)
     record["explanation_error"] = problem
-    if problem:
-        log.error("%s", problem)
+    if problem:  # a run whose explanations are not attributions has no number worth recording
+        raise ExplanationError(problem)
     timings["explain"] = {
         **{f"per_point_{k}": v for k, v in stats.to_dict().items() if k != "repeats"},
         "repeats": spec.timing.repeats,
@@ -367,7 +395,7 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
         "extrapolated": len(test_x) < n_test_total,
     }
     record["memory"]["explain"] = explain_memory.to_dict()
-    record["sparsity"] = None if problem else sparsity_summary(explanations, device=device)
+    record["sparsity"] = sparsity_summary(explanations, device=device)
 
     # --- self-influence where supported and a metric reads it (it can cost as much as explaining
     # the whole training set, e.g. EK-FAC or LiSSA).
@@ -397,7 +425,7 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     timings["metrics_s"] = {}
     for metric in resolved.metrics:
         record["metrics"][metric.name], timings["metrics_s"][metric.name] = _run_metric(
-            metric, context, data.variant, method.supports, problem
+            metric, context, data.variant, method.supports
         )
 
 
@@ -418,7 +446,6 @@ def _run_metric(
     ctx: MetricContext,
     variant: str,
     supports: frozenset[str],
-    explanation_problem: str | None,
 ) -> tuple[dict[str, Any], float | None]:
     entry: dict[str, Any] = {
         "value": None,
@@ -432,8 +459,6 @@ def _run_metric(
     }
     try:
         metric.check_applicable(variant, supports)
-        if explanation_problem and "explanations" in metric.needs:
-            raise DataError(explanation_problem)
         result, timing = timed(lambda: metric.compute(ctx))
         _check_metric_result(metric.name, result)
     except Exception as err:  # recorded; the other metrics go on
@@ -476,13 +501,18 @@ def _explanation_problem(explanations: Tensor, n_test: int, n_train: int, name: 
     import torch
 
     if tuple(explanations.shape) != (n_test, n_train):
+        shape = "x".join(map(str, explanations.shape))
         return (
-            f"method {name!r} returned explanations of shape {tuple(explanations.shape)}; expected "
-            f"(n_test, n_train) = ({n_test}, {n_train}): explain(x, targets) must return one row per test "
-            "point and one column per training point"
+            f"method {name!r}: explain returned {shape}, expected {n_test}x{n_train} (n_test x n_train): one "
+            "row per test point, one column per training point"
         )
-    if not torch.isfinite(explanations).all():
-        return f"method {name!r} returned non-finite attributions (NaN or inf)"
+    finite = torch.isfinite(explanations)
+    if not finite.all():
+        bad = int((~finite).sum())
+        return (
+            f"method {name!r}: explain returned {bad} non-finite value(s) (NaN or inf) of "
+            f"{explanations.numel()}, e.g. in row {int((~finite).any(dim=1).nonzero()[0])}"
+        )
     return None
 
 
