@@ -321,13 +321,13 @@ def _share_like_umask(folder: Path) -> None:
     ``mkdtemp`` makes folders 0700 and some writers make files 0600; a group must be able to share a
     cache, as with any file the user creates.
     """
-    mask = _umask()
+    mask = current_umask()
     os.chmod(folder, 0o777 & ~mask)
     for item in folder.rglob("*"):
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process' umask, read without changing it where Linux tells it (other threads may create files)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
