@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-option", action="append", default=[], metavar="KEY=VALUE", help="task config override"
     )
     p_suite.add_argument(
-        "--seeds", default="", metavar="S,S", help="model seeds (default: the suite's own; default: 0,1,2)"
+        "--seeds", default=None, metavar="S,S", help="model seeds (default: the suite's own; default: 0,1,2)"
     )
     _common(p_suite)
 
@@ -306,6 +306,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as integers; empty, repeated or non-integer seeds are errors."""
+    try:
+        seeds = [int(s) for s in _split(text)]
+    except ValueError as err:
+        raise ConfigError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from err
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r}: give at least one seed, e.g. --seeds 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: a seed is given twice")
+    return seeds
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -336,10 +349,7 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
         METHODS.check_name(spec.name)
     for spec in metrics:
         METRICS.check_name(spec.name)
-    try:
-        seeds = [int(s) for s in _split(args.seeds)]
-    except ValueError as err:
-        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers") from err
+    seeds = _seeds(args.seeds)
     timing = TimingConfig(**_timing_overrides(args))
     return expand(
         task, methods, metrics, seeds, timing=timing, results_dir=args.results_dir, cache_dir=args.cache_dir
@@ -441,10 +451,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--task-option {item!r}: write KEY=VALUE")
         task_options.append((key.strip(), value.strip()))
-    try:
-        seeds = tuple(int(s) for s in _split(args.seeds))
-    except ValueError as err:
-        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers") from err
+    seeds = tuple(_seeds(args.seeds)) if args.seeds is not None else ()
     options = SuiteOptions(
         seeds=seeds,
         data_root=args.data_root,
@@ -461,6 +468,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     overrides = _timing_overrides(args)
     if overrides:
         specs = [dataclasses.replace(s, timing=dataclasses.replace(s.timing, **overrides)) for s in specs]
+    _check_report_folders(argparse.Namespace(results_dir=args.results_dir))  # before the runs, not after
     status = _run_specs(specs, args)
     cmd_report(argparse.Namespace(results_dir=args.results_dir, out=None))
     return status
@@ -518,10 +526,23 @@ def _print_verdicts(report: Any) -> None:
         print(f"\nagreement with the paper: {setting}\n" + "\n".join(lines))
 
 
+def _check_report_folders(args: argparse.Namespace) -> None:
+    """The report's output folders are writable folders (one-line error, exit 2, before any work)."""
+    from harness.runner import check_writable_folder
+
+    results = Path(args.results_dir)
+    check_writable_folder(getattr(args, "out", None) or results / "tables", "report")
+    if not getattr(args, "no_figures", False):
+        check_writable_folder(getattr(args, "figures_out", None) or results / "figures", "report")
+        html = getattr(args, "html", None)
+        check_writable_folder(Path(html).parent if html else results, "report")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
     no_figures = getattr(args, "no_figures", False)  # cmd_suite calls with results_dir and out only
+    _check_report_folders(args)
     report = build_report(
         args.results_dir,
         args.out,

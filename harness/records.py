@@ -44,6 +44,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -112,6 +113,26 @@ def write_record(record: dict[str, Any], directory: str | os.PathLike[str]) -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+#: A temporary record file older than this was left by a writer that was stopped mid-write.
+STALE_TEMPORARY_S = 600
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> None:
+    """Delete the ``.<run_id>.*.tmp`` files that writers stopped mid-write left in ``directory``.
+
+    Only files older than :data:`STALE_TEMPORARY_S`: a record is written in well under a second, so
+    a younger one may belong to a writer still at work (another job of the grid).
+    """
+    now = time.time()
+    for path in Path(directory).glob(".*.tmp"):
+        try:
+            if now - path.stat().st_mtime > STALE_TEMPORARY_S:
+                path.unlink()
+                log.info("removed %s, left by a writer that was stopped mid-write", path)
+        except FileNotFoundError:
+            continue
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +109,8 @@ class ComponentSpec:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"cannot read {item!r} in {text!r}: write key=value")
+            if key.strip() in {k for k, _ in overrides}:
+                raise ConfigError(f"{key.strip()!r} is given twice in {text!r}; give each key once")
             overrides.append((key.strip(), value.strip()))
         return cls(name.strip(), tuple(overrides), preset)
 
@@ -535,6 +539,28 @@ def existing_status(path: Path) -> str | None:
         return None
 
 
+def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a folder this process can write (created if missing); ConfigError (one line) if not.
+
+    Called before any work, so that a results folder that is read-only or a cache "folder" that is
+    a file stops a grid at once instead of failing it run by run after the first has been computed.
+    """
+    folder = Path(path)
+    flag = {"results": "--results-dir", "cache": "--cache-dir", "report": "--out"}.get(what, what)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"the {what} folder {folder} is a file; give {flag} a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dabench-write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"the {what} folder {folder} is not writable ({err.strerror or err}); give {flag} a folder "
+            "you can write"
+        ) from err
+    return folder
+
+
 def preflight(specs: Sequence[RunSpec]) -> list[ResolvedSpec]:
     """Resolve every spec and load every task's data once, before anything is written.
 
@@ -576,7 +602,11 @@ def run_grid(
     dispatch = dispatch if dispatch is not None else DispatchConfig()
     check_executor_available(dispatch)
     specs = list(specs)
+    for folder in {(s.results_dir, "results") for s in specs} | {(s.cache_dir, "cache") for s in specs}:
+        check_writable_folder(*folder)
     resolved = preflight(specs)
+    for folder in {Path(s.results_dir) / "records" for s in specs}:
+        records.remove_stale_temporaries(folder)
     outcome = GridOutcome()
     todo: list[ResolvedSpec] = []
     for item in resolved:
