@@ -21,6 +21,7 @@ submission, so jobs find them wherever the scheduler starts them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -98,12 +99,45 @@ class WithPlugins:
 
     job: Callable[[RunSpec], str]
     plugins: tuple[str | tuple[str, str], ...] = ()
+    #: The submitting process (``--executor local``): the job ends itself when that process is gone,
+    #: so that no orphaned job overlaps with a rerun. None (Slurm): the job outlives the submitter.
+    parent_pid: int | None = None
 
     def __call__(self, spec: RunSpec) -> str:
         from harness.registry import load_plugins
 
+        if self.parent_pid is not None:
+            _exit_with_parent(self.parent_pid)
         load_plugins(list(self.plugins))
         return self.job(spec)
+
+
+#: Seconds between two checks of a local job that the process that submitted it is still alive.
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process (exit code 143, like SIGTERM) soon after ``parent_pid`` is gone (a daemon thread).
+
+    A killed or interrupted ``dabench`` leaves no local job running: its record is not written, and the
+    next run of the grid computes it again.
+    """
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                log.error(
+                    "the dabench process %d that started this job is gone; stopping the job", parent_pid
+                )
+                os._exit(143)
+            except PermissionError:
+                continue  # alive, owned by someone else (pid reuse is not ours to judge)
+
+    threading.Thread(target=watch, name="dabench-parent-watch", daemon=True).start()
 
 
 def absolute_paths(spec: RunSpec) -> RunSpec:
@@ -148,9 +182,10 @@ def dispatch(
     check_executor_available(config)
     if not items:
         return []
-    job = WithPlugins(job, tuple(loaded_plugins()))  # workers register the same methods, tasks, metrics
     folder = Path(config.folder).absolute() / time.strftime("%Y%m%d-%H%M%S")
     cluster = "slurm" if config.executor == "slurm" else "local"
+    # workers register the same methods, tasks and metrics; local ones end with this process
+    job = WithPlugins(job, tuple(loaded_plugins()), os.getpid() if cluster == "local" else None)
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
     params: dict[str, Any] = {
         "timeout_min": config.time_limit_min,
@@ -197,11 +232,17 @@ def dispatch(
         else:  # local: at most `parallelism` processes at once
             queue = list(zip(specs, items, strict=True))
             running: list[tuple[Any, ResolvedSpec]] = []
-            while queue or running:
-                while queue and len(running) < config.parallelism:
-                    spec, item = queue.pop(0)
-                    running.append((executor.submit(job, spec), item))
-                running = reap(running)
+            try:
+                while queue or running:
+                    while queue and len(running) < config.parallelism:
+                        spec, item = queue.pop(0)
+                        running.append((executor.submit(job, spec), item))
+                    running = reap(running)
+            except BaseException:  # interrupted: stop the jobs in flight (a rerun computes them again)
+                for submitted, _ in running:
+                    with contextlib.suppress(Exception):
+                        submitted.cancel(check=False)
+                raise
     return paths
 
 

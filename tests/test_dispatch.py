@@ -192,3 +192,62 @@ def test_cli_executor_errors_are_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "unknown executor 'cluster'" in out.stderr and "Traceback" not in out.stderr
+
+
+SLOW_PLUGIN = """
+import time
+from harness.registry import register_method
+from methods.random_baseline import RandomAttribution
+
+
+@register_method("sleepy_test_method", "sleeps in fit, for a test")
+class Sleepy(RandomAttribution):
+    def setup(self, model, train):
+        time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_local_jobs_stop_when_dabench_is_killed_or_interrupted(how: str, tmp_path: Path) -> None:
+    """Issue 16: a killed or interrupted `dabench ... --executor local` left its jobs running (parent
+    PID 1), overlapping with the rerun. Now each job ends itself when its dabench process is gone,
+    and an interrupt cancels the jobs in flight."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    plugin = tmp_path / "sleepy.py"
+    plugin.write_text(SLOW_PLUGIN)
+    command = [
+        sys.executable, "-m", "harness", "run", "--task", "toy", "--methods", "sleepy_test_method",
+        "--metrics", "class_detection", "--plugin", str(plugin), "--executor", "local", "--parallelism", "2",
+        "--seeds", "0,1", "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    parent = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.time() + 120
+        jobs: list[psutil.Process] = []
+        while time.time() < deadline:  # the two jobs are sleeping in fit
+            jobs = [
+                p
+                for p in psutil.Process(parent.pid).children(recursive=True)
+                if "submitit" in " ".join(p.cmdline())
+            ]
+            if len(jobs) >= 2:
+                break
+            time.sleep(0.5)
+        assert len(jobs) >= 2, "the local jobs did not start"
+        time.sleep(2)
+        parent.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
+        parent.wait(timeout=60)
+        gone, alive = psutil.wait_procs(jobs, timeout=30)
+        assert not alive, f"jobs still running after dabench was stopped: {[p.pid for p in alive]}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for proc in psutil.Process().children(recursive=True):
+            if "submitit" in " ".join(proc.cmdline()):
+                proc.kill()
