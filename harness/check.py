@@ -125,7 +125,7 @@ def _check_lifecycle(cls: type[Method], config: Any, workdir: Path) -> list[Chec
     import torch
 
     from harness.cache import Cache
-    from harness.models import get_or_train_model, load_task_data, seed_everything, select_device
+    from harness.model_store import get_or_train_model, load_task_data, seed_everything, select_device
     from harness.protocols import CapabilityError, NotFittedError
     from harness.registry import TASKS
 

@@ -25,7 +25,7 @@ from harness import records
 from harness.cache import Cache
 from harness.config import Config, ConfigError, option, stable_hash
 from harness.measures import sparsity_summary
-from harness.models import (
+from harness.model_store import (
     Retrainer,
     get_or_train_model,
     load_task_data,

@@ -3,7 +3,7 @@
     dabench xda --task mnist --variant std --test-index 7 --top 3
     dabench xda --task mnist --mark --n-train 1000        # the watermark (shortcut) case
 
-Loads the task and its cached model (:func:`harness.models.get_or_train_model`: the model of a
+Loads the task and its cached model (:func:`harness.model_store.get_or_train_model`: the model of a
 ``dabench run`` with the same task options and seed is reused), fits the method with the cache
 (``cache/methods/<name>/``), runs :func:`harness.xda.xda_for_test_point`, and writes into ``--out``
 
@@ -115,7 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
     from harness import records, xda
     from harness.cache import Cache
-    from harness.models import get_or_train_model, load_task_data, predict, seed_everything, select_device
+    from harness.model_store import (
+        get_or_train_model,
+        load_task_data,
+        predict,
+        seed_everything,
+        select_device,
+    )
     from harness.registry import METHODS, TASKS
     from harness.runner import ComponentSpec
 

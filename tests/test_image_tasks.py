@@ -23,9 +23,9 @@ from harness.registry import TASKS
 from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_one
 from tasks import awa2 as awa2_module
 from tasks import cifar10 as cifar_module
+from tasks.architectures import TinyMLP
 from tasks.awa2 import AwA2Config, AwA2Task
 from tasks.cifar10 import CIFAR10Config, CIFAR10Task
-from tasks.models import TinyMLP
 from tasks.resnets import resnet18_cifar, resnet50_awa2
 from tasks.training import train_task_model
 from tasks.variants import watermark_mask

@@ -19,7 +19,7 @@ from torch import nn
 
 from harness.cache import Cache
 from harness.config import ConfigError
-from harness.models import Retrainer, get_or_train_model, select_device, train_artefact
+from harness.model_store import Retrainer, get_or_train_model, select_device, train_artefact
 from harness.protocols import (
     CHECKPOINTS_ATTR,
     Checkpoint,

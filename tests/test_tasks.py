@@ -14,7 +14,7 @@ from harness.config import ConfigError
 from harness.protocols import DataError, TaskData, feature_split
 from harness.registry import TASKS
 from tasks import mnist as mnist_module
-from tasks.models import BasicConv, TinyMLP
+from tasks.architectures import BasicConv, TinyMLP
 from tasks.toy import ToyConfig, ToyTask, make_blobs
 from tasks.training import accuracy, train_classifier
 

@@ -12,10 +12,10 @@ from torch import nn
 
 from harness.config import ConfigError
 from harness.protocols import Split, TaskData
+from tasks.architectures import TinyMLP
 from tasks.awa2 import AwA2Config
 from tasks.cifar10 import CIFAR10Config
 from tasks.mnist import MNISTConfig
-from tasks.models import TinyMLP
 from tasks.toy import ToyConfig, ToyTask
 from tasks.training import CheckpointKeeper, final_fit, train_classifier, train_task_model
 

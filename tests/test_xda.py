@@ -435,7 +435,7 @@ def test_mark_command_writes_figure_and_record(mark_run, capsys) -> None:
 
 def test_mark_shortcut_points_carry_more_relevance_on_the_watermark(mark_run) -> None:
     """Default composite too: shortcut predictions put more relevance on the mark than correct ones."""
-    from harness.models import get_or_train_model, load_task_data, predict, select_device
+    from harness.model_store import get_or_train_model, load_task_data, predict, select_device
     from harness.registry import TASKS
     from harness.xda_command import _mark_facts
 

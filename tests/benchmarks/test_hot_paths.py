@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.cache import Cache
-from harness.models import get_or_train_model, load_task_data, select_device
+from harness.model_store import get_or_train_model, load_task_data, select_device
 from harness.registry import METHODS, TASKS
 
 N_TRAIN, N_TEST = 600, 64  # TRAK's quick proj_dim 512 needs more than 512 training points
