@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--html", default=None, help="the HTML page (default RESULTS/report.html)")
     p_report.add_argument(
         "--no-figures", action="store_true", help="tables only (no figures, no HTML page): about a second"
+    )
+    p_report.add_argument(
+        "--reference",
+        default=None,
+        metavar="DIR",
+        help="reference results to set this run beside, records matched by run_id "
+        "(default: results/reference of the project; skipped when RESULTS lies inside it)",
+    )
+    p_report.add_argument(
+        "--no-reference", action="store_true", help="no comparison with the reference results"
     )
 
     p_bench = sub.add_parser(
@@ -514,16 +525,167 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if passed(results) else 1
 
 
-def _print_verdicts(report: Any) -> None:
-    """The metric-health flags and the paper-agreement verdicts, short, per setting."""
+#: The console summary of `dabench report` fits this many columns.
+WIDTH = 100
+#: At most this many "missing" notes are printed (all are in report.html and the Markdown tables).
+MAX_NOTES = 12
+
+
+def _fit(text: str, width: int = WIDTH) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    text = str(text)
+    lead = "\n" * (len(text) - len(text.lstrip("\n")))
+    line = re.sub(r"\s*\n\s*", " ", text.strip("\n"))
+    return lead + (line if len(line) <= width else line[: width - 1] + "…")
+
+
+def _cell(text: str, width: int) -> str:
+    return _fit(text, width).ljust(width)
+
+
+def _number(value: Any, spec: str = ".3g") -> str:
+    from harness.report import fmt
+
+    return fmt(value.item() if hasattr(value, "item") else value, spec)
+
+
+def _method_width(labels: Any) -> int:
+    return min(max([len("method"), *(len(str(m)) for m in labels)]), 30)
+
+
+def _print_speedup(report: Any, setting: str) -> None:
+    """Method, cache s, explain ms per point, total for 2,000 test points and the factor vs DualDA."""
+    frame = report.table("speedup").frame
+    part = frame[frame["setting"] == setting]
+    if part.empty:
+        return
+    width = _method_width(part["method"])
+    extrapolated = bool(part["extrapolated"].any())
+    print(f"\nspeed-up: cost of 2,000 test points{' (* extrapolated)' if extrapolated else ''}")
+    print(f"  {'method':<{width}} {'cache s':>9} {'explain ms/pt':>13} {'total s':>10} {'x DualDA':>9}")
+    for row in part.itertuples():
+        total = _number(row.total_2000_s) + ("*" if row.extrapolated else "")
+        print(
+            _fit(
+                f"  {_cell(row.method, width)} {_number(row.cache_s):>9} "
+                f"{_number(row.explain_ms_per_point):>13} {total:>10} {_number(row.speedup):>9}"
+            )
+        )
+
+
+def _rank_text(value: Any, low: Any, high: Any) -> str:
+    text = _number(value)
+    if text != "—" and _number(low) != "—":
+        text += f" [{_number(low)}, {_number(high)}]"
+    return text
+
+
+def _print_ranks(report: Any, setting: str) -> None:
+    """Average rank over the paper's metrics with its 95% interval, all methods and the paper's."""
+    frame = report.table("ranks").frame
+    part = frame[frame["setting"] == setting]
+    if part.empty:
+        return
+    width = _method_width(part["method"])
+    print("\naverage rank over the paper's metrics (1 = best; 95% interval)")
+    print(f"  {'method':<{width}} {'all methods':<20} {'paper methods':<20} {'paper':>5} {'tied':>4}")
+    for row in part.itertuples():
+        mine = _rank_text(row.avg_rank, row.avg_rank_ci_low, row.avg_rank_ci_high)
+        pool = _rank_text(
+            row.avg_rank_paper_methods, row.avg_rank_paper_methods_ci_low, row.avg_rank_paper_methods_ci_high
+        )
+        tied = f"{row.n_tied_best}/{row.n_metrics}"
+        paper = _number(row.paper_avg_rank)
+        print(_fit(f"  {_cell(row.method, width)} {mine:<20} {pool:<20} {paper:>5} {tied:>4}"))
+
+
+def _print_verdicts(report: Any, setting: str) -> None:
+    """The metric-health flags (flagged metrics only) and the paper-agreement verdicts, one line each."""
     health = report.table("metric_health").frame
-    for setting, part in health.groupby("setting", sort=False):
-        lines = [f"  {row.metric}: {row.flags}" for row in part.itertuples()]
-        print(f"\nmetric health: {setting}\n" + "\n".join(lines))
+    part = health[health["setting"] == setting]
+    flagged = [row for row in part.itertuples() if row.flags != "ok"]
+    if len(part):
+        ok = len(part) - len(flagged)
+        print(f"\nmetric health: {ok} of {len(part)} metrics ok")
+        for row in flagged:
+            print(_fit(f"  {row.metric}: {row.flags}"))
     agreement = report.table("paper_agreement").frame
-    for setting, part in agreement.groupby("setting", sort=False):
-        lines = [f"  {row.verdict:<12} {row.finding}: {row.measured}" for row in part.itertuples()]
-        print(f"\nagreement with the paper: {setting}\n" + "\n".join(lines))
+    part = agreement[agreement["setting"] == setting]
+    if len(part):
+        print("\nagreement with the paper")
+        for row in part.itertuples():
+            print(_fit(f"  {row.verdict:<12} {row.finding}"))
+
+
+def _print_reference(report: Any) -> None:
+    """This run beside the reference: one line per method and an overall line."""
+    comparison = report.reference
+    if comparison is None:
+        print(_fit(f"\nreference: {report.reference_skipped}"))
+        return
+    if comparison.table is None:
+        print(_fit(f"\nreference: {comparison.note}"))
+        return
+    print(
+        "\nthis run vs the reference (times: multiples of the reference's; differ: 95% interval excludes 0)"
+    )
+    print(f"  reference: {_short_path(str(comparison.reference_dir))}")
+    width = _method_width(method for _, method, _ in comparison.lines)
+    settings = {setting for setting, _, _ in comparison.lines}
+    for setting, method, line in comparison.lines:
+        where = f" [{setting}]" if len(settings) > 1 else ""
+        print(_fit(f"  {_cell(method, width)} {line}{where}"))
+    print(_fit(f"  overall: {comparison.overall}"))
+
+
+def _print_paths(report: Any) -> None:
+    tables = sorted({str(p.parent) for p in report.table_paths})
+    print(f"\ntables ({len(report.table_paths)} files: CSV, Markdown, LaTeX):")
+    for folder in tables:
+        print(f"  {_short_path(folder)}")
+    if report.figure_paths:
+        figures = sorted({str(p.parent) for p in report.figure_paths})
+        print(f"figures ({len(report.figure_paths)} files: PNG, PDF):")
+        for folder in figures:
+            print(f"  {_short_path(folder)}")
+    if report.html_path is not None:
+        print(f"html:\n  {_short_path(str(report.html_path))}")
+
+
+def _short_path(path: str) -> str:
+    """``path`` relative to the working folder where that is shorter (paths are never cut)."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return relative if len(relative) < len(path) else path
+
+
+def _print_summary(report: Any) -> None:
+    """The console summary of a report: every line fits :data:`WIDTH` columns."""
+    from harness.report import settings_of
+
+    runs = report.runs
+    settings = settings_of(runs.frame)
+    print(
+        _fit(
+            f"dabench report: {len(runs.records)} successful record(s), {runs.n_failed} failed, "
+            f"{len(settings)} setting(s)"
+        )
+    )
+    for setting in settings:
+        print(_fit(f"\n=== {setting} ==="))
+        _print_speedup(report, setting)
+        _print_ranks(report, setting)
+        _print_verdicts(report, setting)
+    _print_reference(report)
+    if report.missing:
+        print(f"\nmissing ({len(report.missing)}; in full in report.html and the tables' notes):")
+        for line in report.missing[:MAX_NOTES]:
+            print(_fit(f"- {line}"))
+        if len(report.missing) > MAX_NOTES:
+            print(f"- ... and {len(report.missing) - MAX_NOTES} more")
+    _print_paths(report)
 
 
 def _check_report_folders(args: argparse.Namespace) -> None:
@@ -550,25 +712,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         html_path=getattr(args, "html", None),
         figures=not no_figures,
         html=not no_figures,
+        reference_dir=getattr(args, "reference", None),
+        compare_reference=not getattr(args, "no_reference", False),
     )
-    print(report.summary_markdown)
-    for table in report.tables:
-        if table.name in ("speedup", "ranks"):
-            for setting, part in table.per_setting():
-                print(f"\n{table.title}: {setting}\n{part.to_markdown(index=False)}")
-    _print_verdicts(report)
-    if report.missing:
-        print("\nmissing:\n" + "\n".join(f"- {line}" for line in report.missing))
-    tables = sorted({str(p.parent) for p in report.table_paths})
-    print(f"\ntables ({len(report.table_paths)} files: CSV, Markdown, LaTeX): {', '.join(tables)}")
-    for path in report.table_paths:
-        print(f"  {path}")
-    if report.figure_paths:
-        print(f"figures ({len(report.figure_paths)} files: PNG, PDF):")
-        for path in report.figure_paths:
-            print(f"  {path}")
-    if report.html_path is not None:
-        print(f"html: {report.html_path}")
+    _print_summary(report)
     return 0
 
 

@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.report import label_footnote
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -82,7 +84,27 @@ def _table_section(table: Table, anchor: str) -> str:
         parts.append("<p><em>No rows: the records hold nothing this table needs.</em></p>")
     if table.notes or table.missing:
         parts.append(_notes(table.missing + table.notes))
+    if table.labels:
+        parts.append(f'<p class="meta">{_inline(label_footnote(table.labels))}</p>')
     return "\n".join(parts)
+
+
+def _reference_section(report: Report) -> str:
+    """This run beside the reference: the overall line, one line per method, then the table."""
+    comparison = report.reference
+    if comparison is None:
+        return f"<p>{_inline(report.reference_skipped or 'not compared')}.</p>"
+    if comparison.table is None:
+        return f"<p>{_inline(comparison.note or 'no matched records')}</p>"
+    lines = [
+        f"<li><strong>{html.escape(method)}</strong> ({html.escape(setting)}): {_inline(line)}</li>"
+        for setting, method, line in comparison.lines
+    ]
+    return (
+        f"<p>Reference: <code>{html.escape(str(comparison.reference_dir))}</code>. "
+        f"Overall: {_inline(comparison.overall)}.</p><ul>{''.join(lines)}</ul>"
+        + _table_section(comparison.table, "vs_reference_table")
+    )
 
 
 def _notes(notes: list[str]) -> str:
@@ -182,12 +204,13 @@ def render_html(report: Report) -> str:
         ("models", "Models"),
         ("costs", "Costs"),
     ]
-    toc = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in sections)
+    toc = '<li><a href="#vs_reference">This run vs the reference</a></li>'
+    toc += "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in sections)
     toc += '<li><a href="#figures">Figures</a></li><li><a href="#summary">All runs</a></li>'
     toc += '<li><a href="#environment">Environment and commits</a></li>'
     settings = sorted(set(runs.frame["setting"])) if not runs.empty else []
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    summary = report.summary.copy()
+    summary = report.summary.drop(columns=[c for c in ("method_label",) if c in report.summary.columns])
     for column in summary.columns:
         summary[column] = [fmt(v.item() if hasattr(v, "item") else v) for v in report.summary[column]]
     body = [
@@ -200,11 +223,13 @@ def render_html(report: Report) -> str:
         "<h2>What is missing</h2>",
         _notes(report.missing) if report.missing else "<p>Nothing: every table and figure has data.</p>",
     ]
+    body += ['<h2 id="vs_reference">This run vs the reference</h2>', _reference_section(report)]
     body += [_table_section(report.table(anchor), anchor) for anchor, _ in sections]
     body += ['<h2 id="figures">Figures</h2>', _figure_section(report.figure_paths)]
     body += [
         '<h2 id="summary">All runs (mean over seeds)</h2>',
         _html_table(summary),
+        _summary_labels(report.summary),
         '<h2 id="environment">Environment and commits</h2>',
         "<h3>Machines</h3>",
         _html_table(machine),
@@ -220,6 +245,14 @@ def render_html(report: Report) -> str:
         + "\n".join(body)
         + "\n</body></html>\n"
     )
+
+
+def _summary_labels(summary: pd.DataFrame) -> str:
+    if "method_label" not in summary.columns:
+        return ""
+    labels = dict(zip(summary["method"], summary["method_label"], strict=True))
+    footnote = label_footnote({m: full for m, full in sorted(labels.items()) if m != full})
+    return f'<p class="meta">{_inline(footnote)}</p>' if footnote else ""
 
 
 def write_html(report: Report, path: str | os.PathLike[str]) -> Path:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import evidence
+from harness.evidence import RANDOM_METHOD
 from harness.paper_numbers import (
     DATASET_NAMES,
     METRIC_VARIANT,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from harness.evidence import Block
+    from harness.reference_comparison import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ class Runs:
     """The successful records of a results folder, one row each, plus what was left out.
 
     ``frame`` columns: ``setting`` (display name), ``setting_key``, ``task``, ``variant``,
-    ``n_train``, ``n_test``, ``method`` (label), ``method_name``, ``method_config`` (dict),
+    ``n_train``, ``n_test``, ``method`` (the short label, :func:`short_labels`), ``method_label``
+    (the record's full label), ``method_name``, ``method_config`` (dict),
     ``paper_name`` (None outside the paper's Figure 1), ``C`` (the config's ``C`` or NaN),
     ``seed``, ``fit_cold_s``, ``fit_warm_s``, ``explain_s_per_point`` (median over repeats),
     ``warmup_s``, ``model_s``, ``explain_spent_s``, ``self_influence_s``, ``metrics_s`` (phase seconds),
@@ -96,6 +99,8 @@ class Runs:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     #: The failed records (listed with what broke, never in a table).
     failed: list[dict[str, Any]] = field(default_factory=list)
+    #: Short label (the ``method`` column) -> the record's full label (``method_label``).
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -108,6 +113,128 @@ class Runs:
 
     def setting_blocks(self, setting: str) -> list[Block]:
         return [b for b in self.blocks if b.setting == setting]
+
+
+# =============================================================================================
+# Short method labels
+# =============================================================================================
+#: Display names of the built-in methods outside the paper's Figure 1 (the paper's methods take
+#: :func:`harness.paper_numbers.paper_name`); ``{key}`` is filled from the config and ``key`` is
+#: then never repeated among the settings.
+DISPLAY_NAMES: dict[str, str] = {
+    "random": "Random",
+    "feature_similarity": "Similarity (features, {metric})",
+    "input_similarity": "Similarity (inputs, {metric})",
+}
+#: Config keys a paper name already states (DualDA's ``C``).
+NAMED_KEYS: dict[str, tuple[str, ...]] = {REFERENCE_METHOD: ("C",)}
+#: The presets a record's config is compared with (the nearest one is the run's preset).
+PRESETS = ("default", "quick", "paper")
+
+
+@functools.cache
+def _method_presets(name: str) -> tuple[dict[str, Any], ...]:
+    """The ``to_dict()`` of each of :data:`PRESETS` of a registered method (empty if not registered)."""
+    try:
+        from harness.registry import METHODS
+
+        config_cls = METHODS.get(name).Config
+        return tuple(config_cls.preset(p).to_dict() for p in PRESETS)
+    except Exception as err:  # an unregistered plug-in, a broken import: keep the record's own label
+        log.debug("no presets for method %r (%s): its label keeps the record's settings", name, err)
+        return ()
+
+
+def _differing(config: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in preset or preset[k] != v}
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return format_c(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_setting_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _base_name(name: str, config: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The paper's (or display) name of a method and the config keys that name already states."""
+    paper = paper_name(name, config)
+    if paper is not None:
+        return paper, NAMED_KEYS.get(name, ())
+    template = DISPLAY_NAMES.get(name)
+    if template is None:
+        return name, ()
+    keys = tuple(re.findall(r"{(\w+)}", template))
+    try:
+        return template.format(**{k: _setting_text(config[k]) for k in keys}), keys
+    except KeyError:  # a config without the key (an old record): the registered name
+        return name, ()
+
+
+def short_labels(methods: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, str]:
+    """Short, unique labels for tables and figures: ``{full label: short label}``.
+
+    Parameters
+    ----------
+    methods:
+        ``(method name, full label, config)`` of every record (the full label is the record's
+        ``method.label``: the name plus the settings that differ from the class defaults).
+
+    Returns
+    -------
+    dict
+        The paper's name (``"DualDA C=1e-5"``, ``"EK-FAC"``; :data:`DISPLAY_NAMES` for the built-in
+        baselines, the registered name for a plug-in) plus the settings that differ from the
+        preset the run used, e.g. ``"TracIn proj_dim=256"``. The preset is the one of
+        :data:`PRESETS` nearest to the method's configs (fewest differing settings over all of
+        them; a suite runs every method at one preset). A method the report cannot import keeps
+        its full label. Two full labels never share a short one: colliding labels add the
+        settings in which they differ, else keep their full label.
+    """
+    configs: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, label, config in methods:
+        configs.setdefault(label, (name, dict(config or {})))
+    by_name: dict[str, list[str]] = {}
+    for label, (name, _) in configs.items():
+        by_name.setdefault(name, []).append(label)
+    short: dict[str, str] = {}
+    shown: dict[str, dict[str, Any]] = {}
+    for name, labels in by_name.items():
+        presets = _method_presets(name)
+        if not presets:
+            short.update({label: label for label in labels})
+            continue
+        preset = min(presets, key=lambda p: sum(len(_differing(configs[lab][1], p)) for lab in labels))
+        for label in labels:
+            config = configs[label][1]
+            base, named = _base_name(name, config)
+            differing = {k: v for k, v in sorted(_differing(config, preset).items()) if k not in named}
+            shown[label] = differing
+            settings = ", ".join(f"{k}={_setting_text(v)}" for k, v in differing.items())
+            separator = ", " if named else " "  # "DualDA C=1e-5, tol=1e-3", "TracIn proj_dim=256"
+            short[label] = f"{base}{separator}{settings}" if settings else base
+    groups: dict[str, list[str]] = {}
+    for label, text in short.items():
+        groups.setdefault(text, []).append(label)
+    for text, labels in groups.items():
+        if len(labels) < 2:
+            continue
+        keys = sorted({k for lab in labels for k in configs[lab][1]})
+        apart = [
+            k for k in keys if len({json.dumps(configs[lab][1].get(k), sort_keys=True) for lab in labels}) > 1
+        ]
+        for label in labels:
+            config = configs[label][1]
+            extra = ", ".join(
+                f"{k}={_setting_text(config.get(k))}" for k in apart if k not in shown.get(label, {})
+            )
+            if extra:
+                short[label] = f"{text}{',' if shown.get(label) else ''} {extra}"
+    texts = list(short.values())
+    return {label: text if texts.count(text) == 1 else label for label, text in short.items()}
 
 
 def _task_setting_hash(task: dict[str, Any]) -> str:
@@ -142,9 +269,15 @@ def load_runs(records_dir: str | Path) -> Runs:
             continue
         ok.append(rec)
     frame = pd.DataFrame(rows)
+    labels: dict[str, str] = {}
     if not frame.empty:
         names = _setting_names(frame["setting_key"])
         frame.insert(0, "setting", [names[key] for key in frame["setting_key"]])
+        short = short_labels(
+            zip(frame["method_name"], frame["method_label"], frame["method_config"], strict=True)
+        )
+        frame["method"] = frame["method_label"].map(short)
+        labels = {text: label for label, text in short.items()}
     failed = [r for r in all_records if r["status"] != "ok"]
     return Runs(
         frame=frame,
@@ -153,6 +286,7 @@ def load_runs(records_dir: str | Path) -> Runs:
         unusable_metrics=unusable,
         unreadable=unreadable,
         failed=failed,
+        labels=labels,
     )
 
 
@@ -175,7 +309,8 @@ def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, 
         "variant": task.get("variant") or STD,
         "n_train": task["n_train"],
         "n_test": task["n_test"],
-        "method": method["label"],
+        "method": method["label"],  # replaced by the short label once every record is read
+        "method_label": method["label"],
         "method_name": method["name"],
         "method_config": config,
         "paper_name": paper_name(method["name"], config),
@@ -285,6 +420,8 @@ class Table:
     definition: str
     notes: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: Short label -> full label of the methods the table shows whose labels differ (the footnote).
+    labels: dict[str, str] = field(default_factory=dict)
 
     def per_setting(self) -> list[tuple[str, pd.DataFrame]]:
         """``(setting, display table without the setting columns and without all-empty columns)``."""
@@ -335,7 +472,7 @@ def _reference_row(rows: pd.DataFrame) -> pd.Series | None:
     if candidates.empty:
         return None
     distance = (candidates["C"].map(math.log10) - math.log10(REFERENCE_C)).abs()
-    plain = candidates["method"] != REFERENCE_METHOD  # False (sorts first) for the default label
+    plain = candidates["method_label"] != REFERENCE_METHOD  # False (sorts first) for the default label
     order = candidates.assign(_d=distance, _plain=plain).sort_values(["_d", "_plain", "method"])
     return order.iloc[0]
 
@@ -402,6 +539,7 @@ def speedup_table(runs: Runs) -> Table:
                 {
                     **setting_columns(part.iloc[0]),
                     "method": method,
+                    "method_label": group["method_label"].iloc[0],
                     "paper_name": group["paper_name"].iloc[0],
                     "method_name": group["method_name"].iloc[0],
                     "C": group["C"].iloc[0],
@@ -435,7 +573,7 @@ def speedup_table(runs: Runs) -> Table:
             row["speedup"] = row["total_2000_s"] / ref["total_2000_s"] if ref is not None else math.nan
             row["paper_total_s"] = paper[0] if paper else math.nan
             row["paper_speedup"] = paper[0] / paper_ref[0] if paper and paper_ref else math.nan
-            del row["method_name"], row["C"]
+            del row["method_name"], row["C"], row["method_label"]
         warm = sorted(
             ((row.pop("warmup_s"), row["method"]) for row in table_rows), key=lambda item: -_number(item[0])
         )
@@ -984,8 +1122,11 @@ def health_table(runs: Runs) -> Table:
 
     rows = []
     firsts = runs.frame.drop_duplicates("setting").set_index("setting") if not runs.empty else None
+    frame = runs.frame
+    baselines = set(frame.loc[frame["method_name"] == RANDOM_METHOD, "method"]) if not runs.empty else set()
     for block in runs.blocks:
-        row = evidence.health_row(block)
+        random_label = min((m for m in block.methods if m in baselines), default="")
+        row = evidence.health_row(block, random_label)
         first = firsts.loc[block.setting]
         rows.append({**{c: first[c] for c in SETTING_COLUMNS if c != "setting"}, **row})
     columns = [
@@ -1131,7 +1272,11 @@ def _doc_definition(function: Any) -> str:
 # =============================================================================================
 # The summary table (one row per run configuration) — what `dabench report` has always shown
 # =============================================================================================
-def _summary_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def _summary_rows(
+    records: Iterable[dict[str, Any]], short: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per ok record: ``method`` is ``short[label]`` (default: the label), ``method_label``."""
+    short = short or {}
     rows: list[dict[str, Any]] = []
     for rec in records:
         if rec["status"] != "ok":
@@ -1141,7 +1286,8 @@ def _summary_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "variant": rec["task"]["variant"],
             "n_train": rec["task"]["n_train"],
             "n_test": rec["task"]["n_test"],
-            "method": rec["method"]["label"],
+            "method": short.get(rec["method"]["label"], rec["method"]["label"]),
+            "method_label": rec["method"]["label"],
             "config_hash": rec["method"]["config_hash"],
             "seed": rec["task"]["seed"],
             "model_test_acc": (rec["task"].get("model") or {}).get("test_accuracy"),
@@ -1166,7 +1312,7 @@ def records_frame(records_dir: str | Path) -> pd.DataFrame:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    keys = ["task", "variant", "n_train", "n_test", "method", "config_hash"]
+    keys = ["task", "variant", "n_train", "n_test", "method", "method_label", "config_hash"]
     if frame.empty:
         return frame
     numeric = [c for c in frame.columns if c not in keys and c != "seed"]
@@ -1178,7 +1324,12 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary_markdown(table: pd.DataFrame) -> str:
-    markdown = table.to_markdown(index=False, floatfmt=".4g", missingval="—")
+    shown = table.drop(columns=[c for c in ("method_label",) if c in table.columns])
+    markdown = shown.to_markdown(index=False, floatfmt=".4g", missingval="—")
+    if "method_label" in table.columns:
+        labels = dict(zip(table["method"], table["method_label"], strict=True))
+        footnote = label_footnote({m: full for m, full in sorted(labels.items()) if m != full})
+        markdown += f"\n\n{footnote}" if footnote else ""
     if (table["n_explained"] < table["n_test"]).any():
         markdown += (
             "\n\nexplain_total_s: where n_explained < n_test, only the first n_explained test points were"
@@ -1253,6 +1404,8 @@ def table_markdown(table: Table) -> str:
         parts += ["(no rows: the records hold nothing this table needs)", ""]
     if table.notes or table.missing:
         parts += ["Notes:", "", *[f"- {note}" for note in table.missing + table.notes], ""]
+    if table.labels:
+        parts += [label_footnote(table.labels), ""]
     return "\n".join(parts)
 
 
@@ -1297,15 +1450,42 @@ class Report:
     html_path: Path | None = None
     #: What the tables and figures could not show, and why (missing variants, metrics, sizes).
     missing: list[str] = field(default_factory=list)
+    #: This run beside the reference results (None when not compared: see ``reference_skipped``).
+    reference: Comparison | None = None
+    #: Why the run was not compared with the reference (None when it was).
+    reference_skipped: str | None = None
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
 
 
+def with_full_labels(table: Table, labels: dict[str, str]) -> Table:
+    """``table`` with a ``method_label`` column (the full label, CSV only) and its label footnote.
+
+    ``labels``: short label -> full label (:attr:`Runs.labels`); rows such as ``all methods`` get none.
+    """
+    if "method" not in table.frame.columns:
+        return table
+    if "method_label" not in table.frame.columns:
+        position = list(table.frame.columns).index("method") + 1
+        table.frame.insert(position, "method_label", [labels.get(m) for m in table.frame["method"]])
+    shown = sorted({m for m in table.frame["method"] if isinstance(m, str)})
+    table.labels = {m: labels[m] for m in shown if m in labels and labels[m] != m}
+    return table
+
+
+def label_footnote(labels: dict[str, str]) -> str:
+    """One line naming the full label of every short one in ``labels`` (empty when there is none)."""
+    if not labels:
+        return ""
+    pairs = "; ".join(f"{short} = {full}" for short, full in labels.items())
+    return f"Method labels (short = full; the CSV's method_label column): {pairs}."
+
+
 def derive_tables(runs: Runs) -> list[Table]:
     """The speed-up, metric, rank, health, paper-agreement, interval, sparsity, model and cost tables."""
     values = metric_values(runs)
-    return [
+    tables = [
         speedup_table(runs),
         metric_table(runs, values),
         rank_table(runs, values),
@@ -1316,6 +1496,7 @@ def derive_tables(runs: Runs) -> list[Table]:
         models_table(runs),
         cost_table(runs),
     ]
+    return [with_full_labels(table, runs.labels) for table in tables]
 
 
 def _records_dir(results_dir: Path) -> Path:
@@ -1335,6 +1516,8 @@ def build_report(
     html_path: str | Path | None = None,
     figures: bool = True,
     html: bool = True,
+    reference_dir: str | Path | None = None,
+    compare_reference: bool = True,
 ) -> Report:
     """Derive every table from the records; write them, the figures and the HTML page.
 
@@ -1346,6 +1529,13 @@ def build_report(
         Outputs (defaults ``<results>/tables``, ``<results>/figures``, ``<results>/report.html``).
     figures, html:
         False skips the figures or the HTML page (which then shows the tables only).
+    reference_dir:
+        The reference results this run is set beside (every record under it, recursively; default
+        :func:`harness.reference_comparison.default_reference_dir`, ``<project>/results/reference``);
+        nothing is compared when ``results_dir`` lies inside it. See
+        :mod:`harness.reference_comparison` (the ``vs_reference`` table).
+    compare_reference:
+        False: no comparison with the reference.
 
     Raises
     ------
@@ -1359,7 +1549,8 @@ def build_report(
     runs = load_runs(_records_dir(results_dir))
     if runs.empty:
         raise FileNotFoundError(f"no successful records under {results_dir / 'records'}")
-    summary = summary_table(pd.DataFrame(_summary_rows(runs.records)))
+    full_to_short = {label: text for text, label in runs.labels.items()}
+    summary = summary_table(pd.DataFrame(_summary_rows(runs.records, full_to_short)))
     report = Report(runs, summary, _summary_markdown(summary), derive_tables(runs))
     if runs.unusable_metrics:
         run_id, metric = runs.unusable_metrics[0]
@@ -1373,6 +1564,7 @@ def build_report(
         )
     for rec in runs.failed:
         report.missing.append(f"failed run, not shown: {_failure_line(rec)} (rerun it with --retry-failed)")
+    _compare_with_reference(report, results_dir, reference_dir, compare_reference)
     for table in report.tables:
         report.missing += table.missing
 
@@ -1403,6 +1595,29 @@ def build_report(
         target = Path(html_path) if html_path is not None else results_dir / "report.html"
         report.html_path = write_html(report, target)
     return report
+
+
+def _compare_with_reference(
+    report: Report, results_dir: Path, reference_dir: str | Path | None, enabled: bool
+) -> None:
+    """Fill ``report.reference`` (and its table) or say why there is no comparison."""
+    from harness import reference_comparison
+
+    reference = (
+        Path(reference_dir) if reference_dir is not None else reference_comparison.default_reference_dir()
+    )
+    if not enabled:
+        report.reference_skipped = "not compared with the reference (--no-reference)"
+        return
+    if reference_comparison.is_inside(results_dir, reference):
+        report.reference_skipped = f"not compared: these results lie inside the reference folder {reference}"
+        return
+    comparison = reference_comparison.compare(report.runs, reference)
+    report.reference = comparison
+    if comparison.note:
+        report.missing.append(comparison.note)
+    if comparison.table is not None:
+        report.tables.append(with_full_labels(comparison.table, report.runs.labels))
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path, str]:

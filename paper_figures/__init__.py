@@ -14,10 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import os
 
-    import pandas as pd
-
     from harness.report import Runs
-    from harness.stats import FriedmanResult
     from paper_figures._common import Drawn
 
 
@@ -88,9 +85,8 @@ def _critical_differences(runs: "Runs", out: "os.PathLike[str]") -> "Drawn":
             continue
         blocks = f"{len(cd.metrics)} metrics x {cd.n_seeds} seed(s)"
         title = f"{setting}: {len(cd.result.methods)} methods, blocks = {blocks}"
-        result = _short_names(cd.result, runs.frame[runs.frame["setting"] == setting])
         drawn.paths += plot_critical_difference(
-            result, Path(out) / f"critical_difference_{slug(setting)}", title
+            cd.result, Path(out) / f"critical_difference_{slug(setting)}", title
         )
         if cd.dropped_metrics:
             drawn.notes.append(
@@ -98,18 +94,3 @@ def _critical_differences(runs: "Runs", out: "os.PathLike[str]") -> "Drawn":
                 "has a value for it)."
             )
     return drawn
-
-
-def _short_names(result: "FriedmanResult", rows: "pd.DataFrame") -> "FriedmanResult":
-    """``result`` with each method label replaced by the paper's name, else the label's first word."""
-    import dataclasses
-
-    names = {}
-    for label, paper in zip(rows["method"], rows["paper_name"], strict=True):
-        names[label] = paper if isinstance(paper, str) and paper else label.split("(")[0]
-    if len({names.get(m, m) for m in result.methods}) < len(result.methods):
-        return result  # two labels would share a name: keep the labels
-    cliques = tuple(tuple(names.get(m, m) for m in clique) for clique in result.cliques)
-    return dataclasses.replace(
-        result, methods=tuple(names.get(m, m) for m in result.methods), cliques=cliques
-    )

@@ -55,10 +55,8 @@ def draw(runs: Runs, speedup: Table, ranks: Table, out_dir: Path) -> Drawn:
         for _, row in part.iterrows():
             is_ref = row["method"] in reference_labels
             marker, size = ("*", 260) if is_ref else ("o", 70)
-            # the paper's name where there is one (config labels are too long for a legend)
-            name = row["paper_name"]
-            short = name if isinstance(name, str) and name not in ("", "—") else row["method"].split("(")[0]
-            label = short + (" (total extrapolated)" if row["extrapolated"] else "")
+            # the short label (the paper's name plus the settings that differ from the preset)
+            label = row["method"] + (" (total extrapolated)" if row["extrapolated"] else "")
             ax.scatter(
                 row["total_2000_s"],
                 row[column],

@@ -149,12 +149,13 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(results: Path) -> Report:
-    return build_report(results)
+    return build_report(results, compare_reference=False)  # tests/test_reference_comparison.py has that
 
 
 def _rows(table, setting_prefix: str) -> dict:
+    """Rows by the records' full label (the ``method`` column holds the short one)."""
     frame = table.frame[table.frame["setting"].str.startswith(setting_prefix)]
-    return {row["method"]: row for _, row in frame.iterrows()}
+    return {row["method_label"]: row for _, row in frame.iterrows()}
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -171,13 +172,13 @@ def test_speedup_table_against_hand_computed_totals(report: Report) -> None:
     for label, total in expected_total.items():
         assert rows[label]["total_2000_s"] == pytest.approx(total)
         assert rows[label]["speedup"] == pytest.approx(total / 4.0)  # reference: dualda (C=1e-3), 4 s
-        assert rows[label]["reference"] == "dualda"
+        assert rows[label]["reference"] == "DualDA C=1e-3"
         assert rows[label]["extrapolated"]  # 24 points explained, the total is for 2,000
         assert rows[label]["n_explained"] == 24
     assert rows["lissa"]["cache_from"] == "warm" and rows["dualda"]["cache_from"] == "cold"
     assert rows["lissa"]["explain_batch"] == 5 and rows["dualda"]["explain_batch"] == 8
     warm_note = next(n for n in report.table("speedup").notes if "one-off process costs" in n)
-    assert "lissa 2.5 s" in warm_note and "dualda 0.75 s" in warm_note and "random" not in warm_note
+    assert "LiSSA 2.5 s" in warm_note and "DualDA C=1e-3 0.75 s" in warm_note and "Random" not in warm_note
     assert rows["random"]["n_seeds"] == 2 and rows["random"]["cache_s"] == pytest.approx(0.2)
     # the paper's Figure 1 on MNIST: LiSSA 1.06e6 s, DualDA C=1e-3 10.6 s, C=1e-5 10.5 s
     assert rows["lissa"]["paper_total_s"] == 1.06e6
@@ -237,7 +238,7 @@ def test_rank_table_ties_missing_metrics_and_pools(report: Report) -> None:
         assert rows[label]["avg_rank_paper_methods"] == pytest.approx(paper_pool, nan_ok=True), label
     assert rows["lissa"]["paper_avg_rank"] == FIGURE1["mnist"]["LiSSA"][1]
     ordered = [r["method"] for r in report.table("ranks").frame.to_dict("records") if r["task"] == "mnist"]
-    assert ordered[0] == "lissa"  # best average first
+    assert ordered[0] == "LiSSA"  # best average first
 
 
 def test_rank_metric_direction_and_ties() -> None:
@@ -251,7 +252,7 @@ def test_rank_metric_direction_and_ties() -> None:
 def test_sparsity_table(report: Report) -> None:
     frame = report.table("sparsity").frame
     mnist = frame[(frame["task"] == "mnist") & (frame["n_train"] == 48) & (frame["variant"] == "std")]
-    rows = {r["method"]: r for r in mnist.to_dict("records")}
+    rows = {r["method_label"]: r for r in mnist.to_dict("records")}
     assert rows["dualda(C=1e-05)"]["n_support"] == 36
     assert rows["dualda(C=1e-05)"]["support_share"] == pytest.approx(36 / 48)  # from n_support / n_train
     assert rows["dualda"]["l0_eps"] == pytest.approx(1 - 1e-3) and rows["dualda"]["hoyer"] == pytest.approx(
@@ -294,7 +295,7 @@ def test_every_table_is_written_as_csv_markdown_and_latex(report: Report) -> Non
     assert r"class\_detection $\uparrow$" in tex and r"coreset\_selection $\downarrow$" in tex
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") >= 2
     assert latex_escape("a_b & 50% {x} ~") == r"a\_b \& 50\% \{x\} \textasciitilde{}"
-    assert "1 failed record(s) are not shown" in "\n".join(report.missing)
+    assert "failed run, not shown: dualda(C=1e-05) on toy/std" in "\n".join(report.missing)
 
 
 def test_write_report_keeps_its_contract(results: Path, tmp_path: Path) -> None:
@@ -344,9 +345,9 @@ def test_scaling_growth_exponents_and_missing_sizes(report: Report) -> None:
     from paper_figures.scaling import growth_exponents
 
     slopes = growth_exponents(report.runs)
-    assert slopes[("mnist", "lissa")] == pytest.approx(1.0)
-    assert slopes[("mnist", "dualda")] == pytest.approx(0.5)
-    assert math.isnan(slopes[("mnist", "random")])  # one size only
+    assert slopes[("mnist", "LiSSA")] == pytest.approx(1.0)
+    assert slopes[("mnist", "DualDA C=1e-3")] == pytest.approx(0.5)
+    assert math.isnan(slopes[("mnist", "Random")])  # one size only
     missing = "\n".join(report.missing)
     assert "scaling (toy): the scaling suite has not been run" in missing
     assert "scaling (mnist): fewer than 4 training-set sizes for" in missing  # the methods at one size
@@ -456,12 +457,17 @@ def test_html_report_is_self_contained_and_renders_in_chromium(report: Report, t
 def test_cli_report_tables_only(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cli import main
 
-    assert main(["report", "--results-dir", str(results), "--out", str(tmp_path), "--no-figures"]) == 0
+    argv = ["report", "--results-dir", str(results), "--out", str(tmp_path), "--no-figures", "--no-reference"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path / "speedup.tex") in out and "html:" not in out and "figures (" not in out
-    assert "Average rank over the paper's seven metrics" in out
-    assert "metric health: mnist, n_train=48, n_test=24" in out and "agreement with the paper:" in out
-    assert "lissa" in (tmp_path / "speedup.csv").read_text()
+    assert str(tmp_path) in out and "html:" not in out and "figures (" not in out
+    assert "average rank over the paper's metrics" in out and "=== mnist, n_train=48, n_test=24 ===" in out
+    assert "metric health:" in out and "agreement with the paper" in out
+    assert "not compared with the reference (--no-reference)" in out
+    assert "LiSSA" in out and "failed run, not shown" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    speedup = (tmp_path / "speedup.csv").read_text()
+    assert "LiSSA" in speedup and "method_label" in speedup.splitlines()[0]
 
 
 def test_health_agreement_and_cost_tables_read_the_records(report: Report) -> None:
