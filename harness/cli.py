@@ -370,7 +370,7 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
 def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
     import dataclasses
 
-    from harness.runner import run_grid
+    from harness.grid import run_grid
 
     if args.retrain_workers < 1:
         raise ConfigError("--retrain-workers must be at least 1")
@@ -487,7 +487,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 def _list_suite(name: str, specs: list[Any]) -> int:
     """One line per run of the suite: done / failed / to run, setting, method, seed, metrics."""
-    from harness.runner import existing_status, method_label
+    from harness.grid import existing_status
+    from harness.runner import method_label
 
     counts = {"done": 0, "failed": 0, "to run": 0}
     lines = []
@@ -690,7 +691,7 @@ def _print_summary(report: Any) -> None:
 
 def _check_report_folders(args: argparse.Namespace) -> None:
     """The report's output folders are writable folders (one-line error, exit 2, before any work)."""
-    from harness.runner import check_writable_folder
+    from harness.grid import check_writable_folder
 
     results = Path(args.results_dir)
     check_writable_folder(getattr(args, "out", None) or results / "tables", "report")

@@ -3,7 +3,8 @@
 For each spec: get or train the model (content-addressed), fit the method (cold and warm fit
 timed separately), explain the test points against the model's PREDICTED class (per-point time
 after a warm-up, over repeats), self-influence where supported, the metrics, peak memory; then one
-JSON record written atomically. :func:`run_grid` runs many specs, skipping finished records.
+JSON record written atomically. :mod:`harness.grid` runs many specs, skipping finished records;
+:mod:`harness.specs` defines the specs (re-exported here: ``ComponentSpec``, ``RunSpec``, ...).
 
 The runner knows plug-ins only through :mod:`harness.protocols` and the registries.
 """
@@ -13,17 +14,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import tempfile
 import traceback
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import records
 from harness.cache import Cache
-from harness.config import Config, ConfigError, option, stable_hash
 from harness.measures import sparsity_summary
 from harness.model_store import (
     Retrainer,
@@ -40,154 +35,19 @@ from harness.protocols import (
     Metric,
     MetricContext,
     MetricResult,
-    Task,
 )
-from harness.registry import METHODS, METRICS, TASKS
+from harness.specs import ComponentSpec, ResolvedSpec, RunSpec, TimingConfig, expand, with_paths
 from harness.timing import RepeatStats, now, peak_memory, timed
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from harness.dispatch import DispatchConfig
     from harness.protocols import TaskData
 
 log = logging.getLogger(__name__)
 
 
-# =============================================================================================
-# Specs
-# =============================================================================================
-@dataclass(frozen=True, kw_only=True)
-class TimingConfig(Config):
-    """How explanation time is measured (changes timings only, never outputs)."""
-
-    warmup: int = option(1, "explain calls on one batch before timing starts")
-    repeats: int = option(3, "timed passes over the test points; the record keeps median and spread")
-    batch_size: int = option(
-        256, "test points per explain() call, for methods whose settings prescribe no explain batch"
-    )
-    timed_points: int | None = option(
-        None,
-        "the repeats after the first pass time only the first N test points, rounded up to whole explain "
-        "batches (None: all); the first pass over all points gives the explanations and is the first "
-        "timed sample",
-    )
-    explain_limit: int | None = option(
-        None,
-        "explain only the first N test points (for methods too slow to explain all on this machine); "
-        "the record says so, metrics use those N, and the total for all test points is extrapolated",
-    )
-
-    def __post_init__(self) -> None:
-        if self.repeats < 1 or self.warmup < 0 or self.batch_size < 1:
-            raise ConfigError("timing needs repeats >= 1, warmup >= 0 and batch_size >= 1")
-        if self.timed_points is not None and self.timed_points < 1:
-            raise ConfigError(
-                f"timed_points must be a positive number of test points, got {self.timed_points}"
-            )
-        if self.explain_limit is not None and self.explain_limit < 1:
-            raise ConfigError(
-                f"explain_limit must be a positive number of test points, got {self.explain_limit}"
-            )
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """A registered name plus config overrides (values as given: strings from the CLI are fine)."""
-
-    name: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-    preset: str = "default"
-
-    @classmethod
-    def parse(cls, text: str, preset: str = "default") -> ComponentSpec:
-        """``"name"`` or ``"name:key=value,key=value"`` (the CLI form)."""
-        name, _, rest = text.partition(":")
-        overrides = []
-        for item in filter(None, (part.strip() for part in rest.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"cannot read {item!r} in {text!r}: write key=value")
-            if key.strip() in {k for k, _ in overrides}:
-                raise ConfigError(f"{key.strip()!r} is given twice in {text!r}; give each key once")
-            overrides.append((key.strip(), value.strip()))
-        return cls(name.strip(), tuple(overrides), preset)
-
-    def build_config(self, config_cls: type[Config], kind: str) -> Config:
-        """The preset with the overrides applied; errors name the component ("method 'x': ...")."""
-        try:
-            return config_cls.from_dict(dict(self.overrides), base=config_cls.preset(self.preset))
-        except ConfigError as err:
-            raise ConfigError(f"{kind} {self.name!r}: {err}") from err
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything one run needs; picklable, so any executor can ship it to a worker."""
-
-    task: ComponentSpec
-    method: ComponentSpec
-    metrics: tuple[ComponentSpec, ...]
-    seed: int = 0
-    results_dir: str = "results"
-    cache_dir: str = "cache"
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    #: processes that train counterfactual models for retraining metrics (changes no output)
-    retrain_workers: int = 1
-
-    def resolve(self) -> ResolvedSpec:
-        """Check names and configs (no data is loaded); raises a one-line error on bad input."""
-        task_cls = TASKS.get(self.task.name)
-        method_cls = METHODS.get(self.method.name)
-        metric_classes = [METRICS.get(m.name) for m in self.metrics]
-        task_config = self.task.build_config(task_cls.Config, "task")
-        method_config = self.method.build_config(method_cls.Config, "method")
-        metric_configs = [
-            m.build_config(cls.Config, "metric") for m, cls in zip(self.metrics, metric_classes, strict=True)
-        ]
-        task = task_cls(task_config)
-        method = method_cls(method_config)
-        metrics = [cls(cfg) for cls, cfg in zip(metric_classes, metric_configs, strict=True)]
-        names = [m.name for m in metrics]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"metric listed twice in {names}")
-        return ResolvedSpec(self, task, method, metrics)
-
-
-@dataclass
-class ResolvedSpec:
-    spec: RunSpec
-    task: Task
-    method: Method
-    metrics: list[Metric]
-
-    @property
-    def run_id(self) -> str:
-        """Stable id of what is computed (not of where it is written or how it is timed)."""
-        return stable_hash(
-            {
-                "task": [self.task.name, self.task.version, self.task.config.to_dict()],
-                "method": [self.method.name, self.method.version, self.method.config.to_dict()],
-                "metrics": sorted([m.name, m.version, m.config.to_dict()] for m in self.metrics),
-                "seed": self.spec.seed,
-                # a subset changes what the metrics see; absent when unset so earlier ids stay valid
-                **(
-                    {"explain_limit": self.spec.timing.explain_limit}
-                    if self.spec.timing.explain_limit
-                    else {}
-                ),
-            },
-            length=20,
-        )
-
-    def record_path(self) -> Path:
-        return Path(self.spec.results_dir) / "records" / f"{self.run_id}.json"
-
-
-# =============================================================================================
-# One run
-# =============================================================================================
 def method_label(method: Method) -> str:
     """``name`` plus the config values that differ from the defaults, e.g. ``similarity(metric=l2)``."""
     defaults = type(method.config)().to_dict()
@@ -520,135 +380,16 @@ def _explanation_problem(explanations: Tensor, n_test: int, n_train: int, name: 
     return None
 
 
-# =============================================================================================
-# Grids
-# =============================================================================================
-@dataclass
-class GridOutcome:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[Path] = field(default_factory=list)
-
-
-def existing_status(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    try:
-        return records.read_record(path)["status"]
-    except records.RecordError:
-        return None
-
-
-def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
-    """``path`` as a folder this process can write (created if missing); ConfigError (one line) if not.
-
-    Called before any work, so that a results folder that is read-only or a cache "folder" that is
-    a file stops a grid at once instead of failing it run by run after the first has been computed.
-    """
-    folder = Path(path)
-    flag = {"results": "--results-dir", "cache": "--cache-dir", "report": "--out"}.get(what, what)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"the {what} folder {folder} is a file; give {flag} a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dabench-write-check-"):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"the {what} folder {folder} is not writable ({err.strerror or err}); give {flag} a folder "
-            "you can write"
-        ) from err
-    return folder
-
-
-def preflight(specs: Sequence[RunSpec]) -> list[ResolvedSpec]:
-    """Resolve every spec and load every task's data once, before anything is written.
-
-    Bad names, config keys, variants and sizes fail here with a one-line error, so a grid with
-    bad input leaves no partial files behind.
-    """
-    resolved = [spec.resolve() for spec in specs]
-    for item in resolved:
-        load_task_data(item.task)
-    ids = [r.run_id for r in resolved]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("the grid lists the same run twice; remove the duplicate spec")
-    return resolved
-
-
-def run_grid(
-    specs: Iterable[RunSpec],
-    *,
-    force: bool = False,
-    retry_failed: bool = False,
-    dispatch: DispatchConfig | None = None,
-    progress: bool | None = None,
-    on_record: Callable[[dict[str, Any], Path], None] | None = None,
-    on_start: Callable[[int, int, str], None] | None = None,
-) -> GridOutcome:
-    """Run every spec that has no record yet; with ``retry_failed`` also those whose record failed;
-    with ``force`` all of them.
-
-    Records are written one by one as runs finish, so an interrupted grid loses at most the runs in
-    flight and a rerun picks up where it stopped. ``dispatch`` chooses where the runs execute
-    (:mod:`harness.dispatch`; default inline, in this process). ``on_start(index, total, what)`` is
-    called before each inline run; ``on_record(record, path)`` after each written record.
-    """
-    from tqdm.auto import tqdm
-
-    from harness.dispatch import DispatchConfig, check_executor_available
-    from harness.dispatch import dispatch as dispatch_jobs
-
-    dispatch = dispatch if dispatch is not None else DispatchConfig()
-    check_executor_available(dispatch)
-    specs = list(specs)
-    for folder in {(s.results_dir, "results") for s in specs} | {(s.cache_dir, "cache") for s in specs}:
-        check_writable_folder(*folder)
-    resolved = preflight(specs)
-    for folder in {Path(s.results_dir) / "records" for s in specs}:
-        records.remove_stale_temporaries(folder)
-    outcome = GridOutcome()
-    todo: list[ResolvedSpec] = []
-    for item in resolved:
-        status = existing_status(item.record_path())
-        if force or status is None or (status == "failed" and retry_failed):
-            todo.append(item)
-        else:
-            outcome.skipped.append(item.record_path())
-
-    def written(path: Path, record: dict[str, Any]) -> None:
-        (outcome.written if record["status"] == "ok" else outcome.failed).append(path)
-        if on_record is not None:
-            on_record(record, path)
-
-    if dispatch.executor != "inline":
-        dispatch_jobs(todo, dispatch, on_done=lambda path: written(path, records.read_record(path)))
-        return outcome
-    bar = tqdm(todo, desc="runs", unit="run", disable=None if progress is None else not progress)
-    for index, item in enumerate(bar, start=1):
-        what = f"{item.method.name} on {item.task.name}/{item.task.config.variant}"
-        bar.set_postfix_str(what)
-        if on_start is not None:
-            on_start(index, len(todo), what)
-        record = run_one(item.spec)
-        written(records.write_record(record, item.record_path().parent), record)
-    return outcome
-
-
-def expand(
-    task: ComponentSpec,
-    methods: Sequence[ComponentSpec],
-    metrics: Sequence[ComponentSpec],
-    seeds: Sequence[int],
-    **common: Any,
-) -> list[RunSpec]:
-    """The cross product methods x seeds for one task."""
-    return [
-        RunSpec(task=task, method=method, metrics=tuple(metrics), seed=seed, **common)
-        for method in methods
-        for seed in seeds
-    ]
-
-
-def with_paths(spec: RunSpec, results_dir: str, cache_dir: str) -> RunSpec:
-    return dataclasses.replace(spec, results_dir=results_dir, cache_dir=cache_dir)
+__all__ = [
+    "ComponentSpec",
+    "ExplanationError",
+    "ResolvedSpec",
+    "RunSpec",
+    "TimingConfig",
+    "empty_record",
+    "explain_all",
+    "expand",
+    "method_label",
+    "run_one",
+    "with_paths",
+]

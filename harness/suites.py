@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from harness.config import ConfigError
-from harness.runner import ComponentSpec, RunSpec, TimingConfig
+from harness.specs import ComponentSpec, RunSpec, TimingConfig
 
 #: Which metrics each variant's model serves (the paper's seven, plus sparsity and top-k cardinality).
 VARIANT_METRICS: dict[str, tuple[str, ...]] = {

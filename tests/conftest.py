@@ -22,8 +22,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def toy_setup(tmp_path_factory: pytest.TempPathFactory):
     """(task, data, model) for the toy task, trained once (seed 0) and cached in a temp dir."""
     from harness.cache import Cache
+    from harness.model_store import get_or_train_model, load_task_data, select_device
     from harness.registry import TASKS
-    from harness.runner import get_or_train_model, load_task_data, select_device
 
     task_cls = TASKS.get("toy")
     task = task_cls(task_cls.Config())
@@ -41,8 +41,8 @@ def mnist_small_setup(tmp_path_factory: pytest.TempPathFactory):
     seconds: the fixture for tests that need the embedded task's own features.
     """
     from harness.cache import Cache
+    from harness.model_store import get_or_train_model, load_task_data, select_device
     from harness.registry import TASKS
-    from harness.runner import get_or_train_model, load_task_data, select_device
 
     task_cls = TASKS.get("mnist")
     config = task_cls.Config.from_dict({"n_train": 2000, "n_test": 200}, base=task_cls.Config.quick())

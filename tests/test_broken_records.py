@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness import records
-from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid
+from harness.grid import run_grid
+from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
 PROJECT = Path(__file__).resolve().parent.parent
 

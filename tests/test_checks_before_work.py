@@ -47,7 +47,7 @@ def test_unusable_folders_stop_before_any_run(tmp_path: Path) -> None:
     )
     one_line_error(  # below a file: cannot be created (as root too, unlike a read-only folder)
         dabench(*run, "--results-dir", str(a_file / "sub"), "--cache-dir", str(tmp_path / "c")),
-        "not writable",
+        "cannot be created",
     )
     assert not (tmp_path / "r" / "records").exists() or not list((tmp_path / "r" / "records").iterdir())
     one_line_error(

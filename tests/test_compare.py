@@ -11,7 +11,8 @@ from harness import records
 from harness.cli import main
 from harness.compare import compare, history
 from harness.config import ConfigError
-from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid
+from harness.grid import run_grid
+from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from harness import records
 from harness.cache import Artefact, Cache
 from harness.config import ConfigError
 from harness.dispatch import DispatchConfig
-from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid
+from harness.grid import run_grid
+from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +139,7 @@ def test_failed_run_is_recorded_and_retry_failed_reruns_only_it(tmp_path: Path) 
 
 def test_a_job_that_dies_gets_a_failed_record(tmp_path: Path) -> None:
     from harness.dispatch import dispatch
-    from harness.runner import preflight
+    from harness.grid import preflight
 
     items = preflight(_specs(tmp_path, ("random",)))
     config = DispatchConfig(executor="local", folder=str(tmp_path / "jobs"), poll_s=0.2)

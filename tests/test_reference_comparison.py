@@ -24,7 +24,8 @@ SEEDS = (0, 1)
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid
+    from harness.grid import run_grid
+    from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
     root = tmp_path_factory.mktemp("reference")
     methods = [ComponentSpec("random"), ComponentSpec("feature_similarity")]

@@ -84,7 +84,8 @@ def _synthetic(template: dict, label: str, *, variant: str, seed: int = 0, n_tra
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid
+    from harness.grid import run_grid
+    from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
     root = tmp_path_factory.mktemp("report")
     methods = [ComponentSpec("random"), ComponentSpec("feature_similarity")]

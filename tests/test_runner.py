@@ -15,8 +15,9 @@ import torch
 
 from harness import records
 from harness.cache import Cache, CacheConflictError
+from harness.grid import run_grid
 from harness.registry import METHODS
-from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid, run_one
+from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_one
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -200,9 +201,9 @@ def test_interrupted_grid_resumes_without_loss_or_duplicates(tmp_path: Path) -> 
 
 # ----- training checkpoints -------------------------------------------------------------------
 def test_trained_model_carries_its_checkpoints_through_the_cache(tmp_path: Path) -> None:
+    from harness.model_store import get_or_train_model, load_task_data
     from harness.protocols import CapabilityError, training_checkpoints
     from harness.registry import TASKS
-    from harness.runner import get_or_train_model, load_task_data
 
     task_cls = TASKS.get("toy")
     task = task_cls(task_cls.Config())

@@ -54,9 +54,9 @@ def mnist_features() -> dict[str, Any]:
     """Features of the full MNIST training set and 2,000 test points, from the default-suite model
     (trained once and cached under ./cache, like ``./run_all.sh`` does)."""
     from harness.cache import Cache
+    from harness.model_store import get_or_train_model, load_task_data, select_device
     from harness.protocols import feature_split
     from harness.registry import TASKS
-    from harness.runner import get_or_train_model, load_task_data, select_device
 
     task_cls = TASKS.get("mnist")
     task = task_cls(task_cls.Config.from_dict({"n_test": 2000}))

@@ -83,8 +83,9 @@ def test_dualda_fit_and_explain(benchmark, C: float, mnist_features, tmp_path: P
 
 
 def test_report_generation(benchmark, tmp_path: Path) -> None:
+    from harness.grid import run_grid
     from harness.report import write_report
-    from harness.runner import ComponentSpec, RunSpec, TimingConfig, run_grid
+    from harness.runner import ComponentSpec, RunSpec, TimingConfig
 
     specs = [
         RunSpec(
