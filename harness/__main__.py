@@ -1,5 +1,5 @@
-"""``python -m harness`` is the same as the ``dabench`` console script."""
+"""``python -m harness`` is the same as the ``dabench`` console script (:mod:`dabench.cli`)."""
 
-from harness.cli import main
+from dabench.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The evidence behind the report's verdicts: intervals, ties with the best, ranks with intervals,
 metric health, the critical-difference test and the agreement with the paper.
 
-Everything here is computed from the run records (:class:`harness.report.Runs`), never from a method
+Everything here is computed from the run records (:class:`harness.runs.Runs`), never from a method
 or a task. The statistics are :mod:`harness.stats`; this module decides what they are applied to.
 
 - A *block* is one metric in one setting (task, sizes, task config): the values of every method for
@@ -128,7 +128,7 @@ def _block_seed(setting: str, metric: str) -> int:
 
 
 def blocks(frame: pd.DataFrame, n_boot: int = stats.N_BOOT) -> list[Block]:
-    """Every (setting, metric) block of :attr:`harness.report.Runs.frame`, in a stable order.
+    """Every (setting, metric) block of :attr:`harness.runs.Runs.frame`, in a stable order.
 
     ``frame`` needs the columns ``setting``, ``variant``, ``method``, ``paper_name``, ``seed``,
     ``metrics``, ``directions``, ``per_point`` and ``created_utc``. Where one method has two records

@@ -40,7 +40,7 @@ from harness.paper_numbers import METRIC_VARIANT
 if TYPE_CHECKING:
     import pandas as pd
 
-    from harness.report import Runs, Table
+    from harness.runs import Runs, Table
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def compare(runs: Runs, reference_dir: str | Path) -> Comparison:
     """Pair ``runs`` with the reference records by ``run_id`` and derive the ``vs_reference`` table."""
     import pandas as pd
 
-    from harness.report import load_runs
+    from harness.runs import load_runs
 
     reference_dir = Path(reference_dir)
     result = Comparison(reference_dir)
@@ -150,7 +150,7 @@ _COLUMNS = [
 
 
 def _settings(frame: pd.DataFrame) -> list[str]:
-    from harness.report import settings_of
+    from harness.runs import settings_of
 
     return settings_of(frame)
 
@@ -175,9 +175,9 @@ def _method_rows(
         "fit_cold_ratio": fit,
     }
     rows = []
-    from harness.report import _metric_order
+    from harness.runs import metric_order
 
-    metrics = _metric_order({m for metrics in group["metrics"] for m in metrics})
+    metrics = metric_order({m for metrics in group["metrics"] for m in metrics})
     for metric in metrics:
         pairs = []
         variant = METRIC_VARIANT.get(metric, STD)
@@ -274,9 +274,9 @@ def _per_point_difference(run: Any, other: Any, metric: str) -> np.ndarray | Non
 
 
 def _table(numbers: pd.DataFrame) -> Table:
-    from harness.report import MISSING, Table, _display, fmt
+    from harness.runs import MISSING, Table, display_frame, fmt
 
-    display = _display(
+    display = display_frame(
         numbers.drop(columns=["method_label"]),
         {
             "n_train": "int",

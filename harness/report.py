@@ -1,4 +1,7 @@
-"""Tables derived from run records alone; ``dabench report`` writes them, the figures and the HTML page.
+"""Tables derived from run records alone (:func:`derive_report`), written by :func:`write_tables`.
+
+The engine half of ``dabench report``: :func:`dabench.report.build_report` calls these and adds the
+figures and the HTML page. Records are read by :func:`harness.runs.load_runs`.
 
 Every number here comes from the records under ``<results>/records`` (:func:`harness.records.iter_records`)
 except the paper's Figure-1 numbers set beside them (:mod:`harness.paper_numbers`). Written under
@@ -28,9 +31,6 @@ never an error.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 import math
 import re
@@ -50,420 +50,34 @@ from harness.paper_numbers import (
     REFERENCE_METHOD,
     figure1,
     format_c,
-    paper_name,
 )
-from harness.records import iter_records, scan_records
+from harness.records import iter_records
+from harness.runs import (
+    MISSING,
+    SETTING_COLUMNS,
+    STD,
+    Runs,
+    Table,
+    as_number,
+    display_frame,
+    failure_line,
+    fmt,
+    load_runs,
+    metric_order,
+    setting_columns,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from harness.evidence import Block
     from harness.reference_comparison import Comparison
 
 log = logging.getLogger(__name__)
 
 ARROWS = {"higher": "↑", "lower": "↓"}
-STD = "std"
-#: Setting columns that lead every long table; the per-setting Markdown/LaTeX tables drop them.
-SETTING_COLUMNS = ("setting", "task", "n_train", "n_test")
 #: Values equal to this many significant digits tie in a ranking (averaging over seeds adds noise).
 RANK_DIGITS = 12
-TASK_KEYS_IGNORED = ("variant", "n_test", "n_train", "data_root")
-
-
-# =============================================================================================
-# Loading
-# =============================================================================================
-@dataclass
-class Runs:
-    """The successful records of a results folder, one row each, plus what was left out.
-
-    ``frame`` columns: ``setting`` (display name), ``setting_key``, ``task``, ``variant``,
-    ``n_train``, ``n_test``, ``method`` (the short label, :func:`short_labels`), ``method_label``
-    (the record's full label), ``method_name``, ``method_config`` (dict),
-    ``paper_name`` (None outside the paper's Figure 1), ``C`` (the config's ``C`` or NaN),
-    ``seed``, ``fit_cold_s``, ``fit_warm_s``, ``explain_s_per_point`` (median over repeats),
-    ``warmup_s``, ``model_s``, ``explain_spent_s``, ``self_influence_s``, ``metrics_s`` (phase seconds),
-    ``per_point`` (per metric: the per-test-point scores, or None),
-    ``n_explained``, ``n_test_total``, ``explain_extrapolated``, ``metrics`` / ``directions`` /
-    ``details`` (dicts over the metrics that succeeded), ``sparsity``, ``diagnostics``, ``git``,
-    ``environment``, ``created_utc``, ``run_id``.
-    """
-
-    frame: pd.DataFrame
-    records: list[dict[str, Any]]
-    n_failed: int = 0
-    #: ``(run_id, metric)`` of metrics a record calls "ok" whose value is not a finite number (never shown).
-    unusable_metrics: list[tuple[str, str]] = field(default_factory=list)
-    #: ``(path, reason)`` of record files that could not be read (never shown; their runs rerun).
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    #: The failed records (listed with what broke, never in a table).
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    #: Short label (the ``method`` column) -> the record's full label (``method_label``).
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return self.frame.empty
-
-    @functools.cached_property
-    def blocks(self) -> list[Block]:
-        """The (setting, metric) blocks with their bootstrap (:func:`harness.evidence.blocks`), once."""
-        return evidence.blocks(self.frame) if not self.frame.empty else []
-
-    def setting_blocks(self, setting: str) -> list[Block]:
-        return [b for b in self.blocks if b.setting == setting]
-
-
-# =============================================================================================
-# Short method labels
-# =============================================================================================
-#: Display names of the built-in methods outside the paper's Figure 1 (the paper's methods take
-#: :func:`harness.paper_numbers.paper_name`); ``{key}`` is filled from the config and ``key`` is
-#: then never repeated among the settings.
-DISPLAY_NAMES: dict[str, str] = {
-    "random": "Random",
-    "feature_similarity": "Similarity (features, {metric})",
-    "input_similarity": "Similarity (inputs, {metric})",
-}
-#: Config keys a paper name already states (DualDA's ``C``).
-NAMED_KEYS: dict[str, tuple[str, ...]] = {REFERENCE_METHOD: ("C",)}
-#: The presets a record's config is compared with (the nearest one is the run's preset).
-PRESETS = ("default", "quick", "paper")
-
-
-@functools.cache
-def _method_presets(name: str) -> tuple[dict[str, Any], ...]:
-    """The ``to_dict()`` of each of :data:`PRESETS` of a registered method (empty if not registered)."""
-    try:
-        from harness.registry import METHODS
-
-        config_cls = METHODS.get(name).Config
-        return tuple(config_cls.preset(p).to_dict() for p in PRESETS)
-    except Exception as err:  # an unregistered plug-in, a broken import: keep the record's own label
-        log.debug("no presets for method %r (%s): its label keeps the record's settings", name, err)
-        return ()
-
-
-def _differing(config: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in preset or preset[k] != v}
-
-
-def _setting_text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return format_c(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_setting_text(v) for v in value) + "]"
-    return str(value)
-
-
-def _base_name(name: str, config: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-    """The paper's (or display) name of a method and the config keys that name already states."""
-    paper = paper_name(name, config)
-    if paper is not None:
-        return paper, NAMED_KEYS.get(name, ())
-    template = DISPLAY_NAMES.get(name)
-    if template is None:
-        return name, ()
-    keys = tuple(re.findall(r"{(\w+)}", template))
-    try:
-        return template.format(**{k: _setting_text(config[k]) for k in keys}), keys
-    except KeyError:  # a config without the key (an old record): the registered name
-        return name, ()
-
-
-def short_labels(methods: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, str]:
-    """Short, unique labels for tables and figures: ``{full label: short label}``.
-
-    Parameters
-    ----------
-    methods:
-        ``(method name, full label, config)`` of every record (the full label is the record's
-        ``method.label``: the name plus the settings that differ from the class defaults).
-
-    Returns
-    -------
-    dict
-        The paper's name (``"DualDA C=1e-5"``, ``"EK-FAC"``; :data:`DISPLAY_NAMES` for the built-in
-        baselines, the registered name for a plug-in) plus the settings that differ from the
-        preset the run used, e.g. ``"TracIn proj_dim=256"``. The preset is the one of
-        :data:`PRESETS` nearest to the method's configs (fewest differing settings over all of
-        them; a suite runs every method at one preset). A method the report cannot import keeps
-        its full label. Two full labels never share a short one: colliding labels add the
-        settings in which they differ, else keep their full label.
-    """
-    configs: dict[str, tuple[str, dict[str, Any]]] = {}
-    for name, label, config in methods:
-        configs.setdefault(label, (name, dict(config or {})))
-    by_name: dict[str, list[str]] = {}
-    for label, (name, _) in configs.items():
-        by_name.setdefault(name, []).append(label)
-    short: dict[str, str] = {}
-    shown: dict[str, dict[str, Any]] = {}
-    for name, labels in by_name.items():
-        presets = _method_presets(name)
-        if not presets:
-            short.update({label: label for label in labels})
-            continue
-        preset = min(presets, key=lambda p: sum(len(_differing(configs[lab][1], p)) for lab in labels))
-        for label in labels:
-            config = configs[label][1]
-            base, named = _base_name(name, config)
-            differing = {k: v for k, v in sorted(_differing(config, preset).items()) if k not in named}
-            shown[label] = differing
-            settings = ", ".join(f"{k}={_setting_text(v)}" for k, v in differing.items())
-            separator = ", " if named else " "  # "DualDA C=1e-5, tol=1e-3", "TracIn proj_dim=256"
-            short[label] = f"{base}{separator}{settings}" if settings else base
-    groups: dict[str, list[str]] = {}
-    for label, text in short.items():
-        groups.setdefault(text, []).append(label)
-    for text, labels in groups.items():
-        if len(labels) < 2:
-            continue
-        keys = sorted({k for lab in labels for k in configs[lab][1]})
-        apart = [
-            k for k in keys if len({json.dumps(configs[lab][1].get(k), sort_keys=True) for lab in labels}) > 1
-        ]
-        for label in labels:
-            config = configs[label][1]
-            extra = ", ".join(
-                f"{k}={_setting_text(config.get(k))}" for k in apart if k not in shown.get(label, {})
-            )
-            if extra:
-                short[label] = f"{text}{',' if shown.get(label) else ''} {extra}"
-    texts = list(short.values())
-    return {label: text if texts.count(text) == 1 else label for label, text in short.items()}
-
-
-def _task_setting_hash(task: dict[str, Any]) -> str:
-    config = {k: v for k, v in (task.get("config") or {}).items() if k not in TASK_KEYS_IGNORED}
-    blob = json.dumps([task["name"], task.get("version"), config], sort_keys=True, default=str)
-    return hashlib.blake2b(blob.encode(), digest_size=4).hexdigest()
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return math.nan
-    return float(value)
-
-
-def load_runs(records_dir: str | Path) -> Runs:
-    """Read every record under ``records_dir`` into :class:`Runs` (failed ones are only counted)."""
-    import pandas as pd
-
-    all_records, unreadable = scan_records(records_dir)
-    ok = []
-    rows = []
-    unusable: list[tuple[str, str]] = []
-    for rec in all_records:
-        if rec["status"] != "ok":
-            continue
-        try:
-            rows.append(_run_row(rec, unusable))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:  # valid schema, broken content
-            unreadable.append(
-                (str(rec.get("run_id")), f"record {rec.get('run_id')}: {type(err).__name__}: {err}")
-            )
-            continue
-        ok.append(rec)
-    frame = pd.DataFrame(rows)
-    labels: dict[str, str] = {}
-    if not frame.empty:
-        names = _setting_names(frame["setting_key"])
-        frame.insert(0, "setting", [names[key] for key in frame["setting_key"]])
-        short = short_labels(
-            zip(frame["method_name"], frame["method_label"], frame["method_config"], strict=True)
-        )
-        frame["method"] = frame["method_label"].map(short)
-        labels = {text: label for label, text in short.items()}
-    failed = [r for r in all_records if r["status"] != "ok"]
-    return Runs(
-        frame=frame,
-        records=ok,
-        n_failed=len(failed),
-        unusable_metrics=unusable,
-        unreadable=unreadable,
-        failed=failed,
-        labels=labels,
-    )
-
-
-def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, Any]:
-    """One row of :class:`Runs`' frame from an ok record (appends its non-finite metrics to ``unusable``)."""
-    task, method, timings = rec["task"], rec["method"], rec["timings"]
-    explain = timings.get("explain") or {}
-    fit = timings.get("fit") or {}
-    metrics = {n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and _finite(e.get("value"))}
-    unusable += [
-        (rec["run_id"], n)
-        for n, e in rec["metrics"].items()
-        if e.get("status") == "ok" and not _finite(e.get("value"))
-    ]
-    config = method.get("config") or {}
-    n_explained = explain.get("n_points", task.get("n_explained", task["n_test"]))
-    return {
-        "setting_key": (task["name"], task["n_train"], task["n_test"], _task_setting_hash(task)),
-        "task": task["name"],
-        "variant": task.get("variant") or STD,
-        "n_train": task["n_train"],
-        "n_test": task["n_test"],
-        "method": method["label"],  # replaced by the short label once every record is read
-        "method_label": method["label"],
-        "method_name": method["name"],
-        "method_config": config,
-        "paper_name": paper_name(method["name"], config),
-        "C": _number(config.get("C")),
-        "seed": task.get("seed"),
-        "fit_cold_s": _number(fit.get("cold_s")),
-        "fit_warm_s": _number(fit.get("warm_s")),
-        "explain_s_per_point": _number(explain.get("per_point_median_s")),
-        "explain_batch": _number(explain.get("batch_size")),
-        "warmup_s": _number(timings.get("warmup_s")),
-        "model_s": _number(timings.get("model_s")),
-        "explain_spent_s": _explain_spent(explain),
-        "self_influence_s": _number(timings.get("self_influence_s")),
-        "metrics_s": math.fsum(
-            _number(v) for v in (timings.get("metrics_s") or {}).values() if not math.isnan(_number(v))
-        ),
-        "n_explained": n_explained,
-        "n_test_total": explain.get("n_test_total", task["n_test"]),
-        "explain_extrapolated": bool(explain.get("extrapolated", False)),
-        "metrics": {n: float(e["value"]) for n, e in metrics.items()},
-        "per_point": {n: e.get("per_point") for n, e in metrics.items()},
-        "directions": {n: e["direction"] for n, e in metrics.items()},
-        "details": {n: e.get("details") or {} for n, e in metrics.items()},
-        "sparsity": rec.get("sparsity"),
-        "diagnostics": rec.get("diagnostics") or {},
-        "model": task.get("model") or {},
-        "git": rec.get("git") or {},
-        "environment": rec.get("environment") or {},
-        "created_utc": rec.get("created_utc"),
-        "run_id": rec["run_id"],
-    }
-
-
-def _failure_line(rec: dict[str, Any]) -> str:
-    """``method on task/variant (n_train, seed): what broke``, one line, from a failed record."""
-    method, task = rec["method"], rec["task"]
-    error = rec.get("error") or {}
-    message = str(error.get("message") or "no error message").strip().splitlines() or [""]
-    where = (
-        f"{task.get('name')}/{task.get('variant', STD)} n_train={task.get('n_train')} seed={task.get('seed')}"
-    )
-    return (
-        f"{method.get('label') or method.get('name')} on {where}: {error.get('type', 'Error')}: {message[0]}"
-    )
-
-
-def _finite(value: Any) -> bool:
-    return not math.isnan(_number(value)) and math.isfinite(_number(value))
-
-
-def _explain_spent(explain: dict[str, Any]) -> float:
-    """Seconds the explain passes took: the first over all points, the repeats over the timed points.
-
-    Records keep per-point statistics, not the passes' sums: this is the median per-point time times
-    the points explained (the warm-up batch left out).
-    """
-    per_point = _number(explain.get("per_point_median_s"))
-    n_points, repeats = explain.get("n_points"), explain.get("repeats") or 1
-    timed = explain.get("timed_points") or n_points
-    if math.isnan(per_point) or not isinstance(n_points, int):
-        return math.nan
-    return per_point * (n_points + (repeats - 1) * timed)
-
-
-def _setting_names(keys: Iterable[tuple[str, int, int, str]]) -> dict[tuple[str, int, int, str], str]:
-    """``"mnist, n_train=2000, n_test=100"``; the task configuration's hash is added where two settings
-    share that."""
-    keys = sorted(set(keys))
-    names = {}
-    for key in keys:
-        task, n_train, n_test, digest = key
-        base = f"{task}, n_train={n_train}, n_test={n_test}"
-        twins = [k for k in keys if k[:3] == key[:3]]
-        names[key] = base if len(twins) == 1 else f"{base} [task config {digest}]"
-    return names
-
-
-def setting_columns(row: Any) -> dict[str, Any]:
-    """The :data:`SETTING_COLUMNS` of a row of :attr:`Runs.frame` (or of a table)."""
-    return {column: row[column] for column in SETTING_COLUMNS}
-
-
-def settings_of(frame: pd.DataFrame) -> list[str]:
-    """Setting names in a stable order: by task, then training-set size, then name."""
-    if frame.empty:
-        return []
-    keys: dict[str, tuple[str, int, int, str]] = {}
-    for setting, task, n_train, n_test in zip(*(frame[c] for c in SETTING_COLUMNS), strict=True):
-        keys.setdefault(setting, (task, int(n_train), int(n_test), setting))
-    return sorted(keys, key=keys.__getitem__)
-
-
-# =============================================================================================
-# Tables
-# =============================================================================================
-@dataclass
-class Table:
-    """A derived table: ``frame`` (numbers, for CSV) and ``display`` (text, for Markdown, LaTeX, HTML).
-
-    Both are long: the :data:`SETTING_COLUMNS` first, then the table's own columns.
-    """
-
-    name: str
-    title: str
-    frame: pd.DataFrame
-    display: pd.DataFrame
-    definition: str
-    notes: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    #: Short label -> full label of the methods the table shows whose labels differ (the footnote).
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def per_setting(self) -> list[tuple[str, pd.DataFrame]]:
-        """``(setting, display table without the setting columns and without all-empty columns)``."""
-        out = []
-        if self.display.empty:
-            return out
-        for setting in settings_of(self.frame):  # the numbers sort by size, their text would not
-            part = self.display[self.display["setting"] == setting]
-            part = part.drop(columns=[c for c in SETTING_COLUMNS if c in part.columns])
-            keep = [c for c in part.columns if (part[c] != MISSING).any()]
-            out.append((setting, part[keep].reset_index(drop=True)))
-        return out
-
-
-MISSING = "—"
-
-
-def fmt(value: Any, spec: str = ".4g") -> str:
-    """A cell as text: numbers to ``spec``, missing values as an em dash, booleans as yes / empty."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return MISSING
-        if value.is_integer() and abs(value) < 1e6 and spec == "int":
-            return str(int(value))
-        return format(value, ".4g" if spec == "int" else spec)
-    text = str(value)
-    return text if text and text != "nan" else MISSING
-
-
-def _display(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> pd.DataFrame:
-    formats = formats or {}
-    out = frame.copy()
-    for column in out.columns:
-        spec = formats.get(column, ".4g")
-        out[column] = [fmt(v.item() if hasattr(v, "item") else v, spec) for v in frame[column]]
-    return out
 
 
 def _reference_row(rows: pd.DataFrame) -> pd.Series | None:
@@ -575,9 +189,9 @@ def speedup_table(runs: Runs) -> Table:
             row["paper_speedup"] = paper[0] / paper_ref[0] if paper and paper_ref else math.nan
             del row["method_name"], row["C"], row["method_label"]
         warm = sorted(
-            ((row.pop("warmup_s"), row["method"]) for row in table_rows), key=lambda item: -_number(item[0])
+            ((row.pop("warmup_s"), row["method"]) for row in table_rows), key=lambda item: -as_number(item[0])
         )
-        paid = [f"{method} {seconds:.2g} s" for seconds, method in warm if _number(seconds) >= 0.01]
+        paid = [f"{method} {seconds:.2g} s" for seconds, method in warm if as_number(seconds) >= 0.01]
         if paid:
             notes.append(
                 (
@@ -607,7 +221,7 @@ def speedup_table(runs: Runs) -> Table:
             )
         rows += sorted(table_rows, key=lambda r: r["total_2000_s"])
     numbers = pd.DataFrame(rows, columns=[*SETTING_COLUMNS, *columns])
-    display = _display(
+    display = display_frame(
         numbers, {"n_seeds": "int", "n_explained": "int", "n_train": "int", "explain_batch": "int"}
     )
     if not numbers.empty:
@@ -670,11 +284,6 @@ def metric_values(runs: Runs) -> pd.DataFrame:
     return long.sort_values([*SETTING_COLUMNS, "method", "metric"], kind="stable").reset_index(drop=True)
 
 
-def _metric_order(metrics: Iterable[str]) -> list[str]:
-    metrics = set(metrics)
-    return [m for m in PAPER_METRICS if m in metrics] + sorted(metrics - set(PAPER_METRICS))
-
-
 def _methods_of(runs: Runs, setting: str) -> pd.DataFrame:
     part = runs.frame[runs.frame["setting"] == setting]
     return part.drop_duplicates("method")[["method", "paper_name"]].sort_values("method")
@@ -727,7 +336,7 @@ def metric_table(runs: Runs, values: pd.DataFrame | None = None) -> Table:
     import pandas as pd
 
     values = metric_values(runs) if values is None else values
-    metrics = _metric_order(values["metric"]) if not values.empty else []
+    metrics = metric_order(values["metric"]) if not values.empty else []
     directions = (
         values.drop_duplicates("metric").set_index("metric")["direction"].to_dict() if metrics else {}
     )
@@ -796,7 +405,7 @@ def intervals_table(runs: Runs, values: pd.DataFrame | None = None) -> Table:
         "intervals",
         "Metric values with the bootstrap and the across-seed intervals",
         numbers,
-        _display(numbers, {"n_train": "int", "n_seeds": "int"}),
+        display_frame(numbers, {"n_train": "int", "n_seeds": "int"}),
         _doc_definition(intervals_table),
     )
 
@@ -833,7 +442,7 @@ def rank_table(runs: Runs, values: pd.DataFrame | None = None) -> Table:
 
     values = metric_values(runs) if values is None else values
     paper_values = values[values["metric"].isin(PAPER_METRICS)] if not values.empty else values
-    metrics = _metric_order(paper_values["metric"]) if not paper_values.empty else []
+    metrics = metric_order(paper_values["metric"]) if not paper_values.empty else []
     rank_columns = [f"rank {m}" for m in metrics]
     rows = []
     notes = []
@@ -918,7 +527,7 @@ def rank_table(runs: Runs, values: pd.DataFrame | None = None) -> Table:
         )
         numbers = numbers.reset_index(drop=True)
     tied_sets = list(numbers.pop("_tied")) if not numbers.empty else []
-    display = _display(numbers, {"n_train": "int", "n_metrics": "int", "n_tied_best": "int"})
+    display = display_frame(numbers, {"n_train": "int", "n_metrics": "int", "n_tied_best": "int"})
     for i, marked in enumerate(tied_sets):
         for metric in marked:
             display.loc[i, f"rank {metric}"] += TIED
@@ -982,10 +591,10 @@ def sparsity_table(runs: Runs) -> Table:
         for _, run in group.iterrows():
             block = run["sparsity"] or run["details"].get("sparsity") or {}
             for key in ("l0_eps", "hoyer", "exact_zero_share"):
-                values[key].append(_number(block.get(key)))
+                values[key].append(as_number(block.get(key)))
             diag = run["diagnostics"]
-            n_support = _number(diag.get("n_support"))
-            share = _number(diag.get("support_share"))
+            n_support = as_number(diag.get("n_support"))
+            share = as_number(diag.get("support_share"))
             if math.isnan(share) and not math.isnan(n_support):
                 share = n_support / run["n_train"]
             values["n_support"].append(n_support)
@@ -1011,7 +620,7 @@ def sparsity_table(runs: Runs) -> Table:
             ["task", "n_train", "n_test", "setting", "_std", "variant", "method"], kind="stable"
         )
         numbers = numbers.drop(columns="_std").reset_index(drop=True)
-    display = _display(numbers, {"n_train": "int", "n_seeds": "int", "n_support": ".6g"})
+    display = display_frame(numbers, {"n_train": "int", "n_seeds": "int", "n_support": ".6g"})
     if not numbers.empty:
         display["C"] = [format_c(c) if c == c else MISSING for c in numbers["C"]]
     return Table(
@@ -1068,14 +677,14 @@ def models_table(runs: Runs) -> Table:
                     **setting_columns(first),
                     "variant": first["variant"],
                     "seed": first["seed"],
-                    "epochs": _number(history.get("epochs_run", len(losses) or math.nan)),
-                    "steps": _number(history.get("steps")),
-                    "final_loss": _number(losses[-1]) if losses else math.nan,
-                    "train_accuracy": _number(history.get("train_accuracy_final")),
-                    "val_accuracy": _number(history.get("val_accuracy")),
-                    "test_accuracy": _number(model.get("test_accuracy")),
-                    "flipped_fitted": _number(history.get("flipped_fitted")),
-                    "clean_fitted": _number(history.get("clean_fitted")),
+                    "epochs": as_number(history.get("epochs_run", len(losses) or math.nan)),
+                    "steps": as_number(history.get("steps")),
+                    "final_loss": as_number(losses[-1]) if losses else math.nan,
+                    "train_accuracy": as_number(history.get("train_accuracy_final")),
+                    "val_accuracy": as_number(history.get("val_accuracy")),
+                    "test_accuracy": as_number(model.get("test_accuracy")),
+                    "flipped_fitted": as_number(history.get("flipped_fitted")),
+                    "clean_fitted": as_number(history.get("clean_fitted")),
                     "n_runs": len(group),
                 }
             )
@@ -1085,7 +694,7 @@ def models_table(runs: Runs) -> Table:
         numbers = numbers.assign(_v=numbers["variant"].map(lambda v: order.get(v, len(order))))
         numbers = numbers.sort_values(["task", "n_train", "n_test", "setting", "_v", "variant", "seed"])
         numbers = numbers.drop(columns="_v").reset_index(drop=True)
-    display = _display(
+    display = display_frame(
         numbers,
         {
             "n_train": "int",
@@ -1149,7 +758,7 @@ def health_table(runs: Runs) -> Table:
     ]
     numbers = pd.DataFrame(rows, columns=columns)
     if not numbers.empty:
-        order = {m: i for i, m in enumerate(_metric_order(numbers["metric"]))}
+        order = {m: i for i, m in enumerate(metric_order(numbers["metric"]))}
         numbers = numbers.assign(_o=numbers["metric"].map(order))
         numbers = numbers.sort_values(["task", "n_train", "n_test", "setting", "_o"], kind="stable")
         numbers = numbers.drop(columns="_o").reset_index(drop=True)
@@ -1161,7 +770,7 @@ def health_table(runs: Runs) -> Table:
         "metric_health",
         "Metric health: saturated metrics, random-level methods, random baseline not the floor",
         numbers,
-        _display(numbers, formats),
+        display_frame(numbers, formats),
         _doc_definition(health_table),
     )
 
@@ -1200,7 +809,7 @@ def paper_agreement_table(runs: Runs) -> Table:
         "paper_agreement",
         "Agreement with the paper's MNIST findings (reproduced / contradicted / inconclusive)",
         numbers,
-        _display(numbers, {"n_train": "int", "value": ".3g", "ci_low": ".3g", "ci_high": ".3g"}),
+        display_frame(numbers, {"n_train": "int", "value": ".3g", "ci_low": ".3g", "ci_high": ".3g"}),
         _doc_definition(paper_agreement_table),
     )
 
@@ -1242,7 +851,7 @@ def cost_table(runs: Runs) -> Table:
         "costs",
         "Cost per phase and method (seconds, summed over variants and seeds)",
         numbers,
-        _display(numbers, formats),
+        display_frame(numbers, formats),
         _doc_definition(cost_table),
     )
 
@@ -1439,13 +1048,14 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 # =============================================================================================
 @dataclass
 class Report:
-    """What :func:`build_report` derived and wrote."""
+    """What :func:`derive_report` derived (and :func:`dabench.report.build_report` wrote)."""
 
     runs: Runs
     summary: pd.DataFrame
     summary_markdown: str
     tables: list[Table]
     table_paths: list[Path] = field(default_factory=list)
+    #: Filled by :func:`dabench.report.build_report` (the engine draws nothing).
     figure_paths: list[Path] = field(default_factory=list)
     html_path: Path | None = None
     #: What the tables and figures could not show, and why (missing variants, metrics, sizes).
@@ -1508,27 +1118,18 @@ def _records_dir(results_dir: Path) -> Path:
     return records_dir
 
 
-def build_report(
+def derive_report(
     results_dir: str | Path,
-    tables_dir: str | Path | None = None,
     *,
-    figures_dir: str | Path | None = None,
-    html_path: str | Path | None = None,
-    figures: bool = True,
-    html: bool = True,
     reference_dir: str | Path | None = None,
     compare_reference: bool = True,
 ) -> Report:
-    """Derive every table from the records; write them, the figures and the HTML page.
+    """Derive every table from the records under ``<results_dir>/records``; write nothing.
 
     Parameters
     ----------
     results_dir:
         Folder holding ``records/``.
-    tables_dir, figures_dir, html_path:
-        Outputs (defaults ``<results>/tables``, ``<results>/figures``, ``<results>/report.html``).
-    figures, html:
-        False skips the figures or the HTML page (which then shows the tables only).
     reference_dir:
         The reference results this run is set beside (every record under it, recursively; default
         :func:`harness.reference_comparison.default_reference_dir`, ``<project>/results/reference``);
@@ -1543,7 +1144,6 @@ def build_report(
         When there is no ``records/`` folder or no successful record in it.
     """
     import pandas as pd
-    from pandas.api.types import is_numeric_dtype
 
     results_dir = Path(results_dir)
     runs = load_runs(_records_dir(results_dir))
@@ -1563,38 +1163,38 @@ def build_report(
             f"unreadable record {path} is not shown ({reason}); the next run of its grid computes it again."
         )
     for rec in runs.failed:
-        report.missing.append(f"failed run, not shown: {_failure_line(rec)} (rerun it with --retry-failed)")
+        report.missing.append(f"failed run, not shown: {failure_line(rec)} (rerun it with --retry-failed)")
     _compare_with_reference(report, results_dir, reference_dir, compare_reference)
     for table in report.tables:
         report.missing += table.missing
+    return report
 
-    out = Path(tables_dir) if tables_dir is not None else results_dir / "tables"
+
+def write_tables(report: Report, out_dir: str | Path) -> list[Path]:
+    """Write the summary and every table of ``report`` (CSV, Markdown, LaTeX) under ``out_dir``.
+
+    Returns the paths written (``summary.csv``, ``summary.md``, ``summary.tex`` first), also added to
+    ``report.table_paths``.
+    """
+    from pandas.api.types import is_numeric_dtype
+
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary = report.summary
     csv_path, md_path, tex_path = (out / f"summary.{ext}" for ext in ("csv", "md", "tex"))
     summary.to_csv(csv_path, index=False)
     md_path.write_text(report.summary_markdown + "\n")
-    summary_text = _display(summary)
+    summary_text = display_frame(summary)
     tex_path.write_text(
         "% All runs, mean over seeds (dabench report; needs \\usepackage{booktabs})\n"
         + latex_tabular(summary_text, [is_numeric_dtype(summary[c]) for c in summary.columns])
         + "\n"
     )
-    report.table_paths += [csv_path, md_path, tex_path]
+    paths = [csv_path, md_path, tex_path]
     for table in report.tables:
-        report.table_paths += write_table(table, out)
-
-    if figures:
-        from paper_figures import draw_all
-
-        drawn = draw_all(runs, Path(figures_dir) if figures_dir is not None else results_dir / "figures")
-        report.figure_paths = drawn.paths
-        report.missing += drawn.notes
-    if html:
-        from harness.html_report import write_html
-
-        target = Path(html_path) if html_path is not None else results_dir / "report.html"
-        report.html_path = write_html(report, target)
-    return report
+        paths += write_table(table, out)
+    report.table_paths += paths
+    return paths
 
 
 def _compare_with_reference(
@@ -1626,5 +1226,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
 
     Returns the paths of ``summary.csv`` and ``summary.md`` and the summary's Markdown.
     """
-    report = build_report(results_dir, out_dir, figures=False, html=False)
+    results_dir = Path(results_dir)
+    report = derive_report(results_dir)
+    write_tables(report, Path(out_dir) if out_dir is not None else results_dir / "tables")
     return report.table_paths[0], report.table_paths[1], report.summary_markdown

@@ -78,7 +78,7 @@ Python API::
 
 :func:`explain_pairs` explains chosen training indices; :func:`lrp_heatmap` is plain LRP of one
 logit; :func:`propagate` is the general step (relevance at a module's output -> its input).
-``dabench xda`` (:mod:`harness.xda_command`) draws the figure and writes the record.
+``dabench xda`` (:mod:`dabench.xda_command`) draws the figure and writes the record.
 """
 
 from __future__ import annotations

@@ -13,21 +13,33 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Iterable
 
-    from harness.report import Runs
+    from harness.runs import Runs, Table
     from paper_figures._common import Drawn
 
+#: The engine's tables (:mod:`harness.report`) the figures read, by table name.
+TABLES_READ = ("speedup", "ranks", "sparsity")
 
-def draw_all(results: "str | os.PathLike[str] | Runs", out_dir: "str | os.PathLike[str]") -> "Drawn":
+
+def draw_all(
+    results: "str | os.PathLike[str] | Runs",
+    out_dir: "str | os.PathLike[str]",
+    tables: "Iterable[Table] | None" = None,
+) -> "Drawn":
     """Draw every report figure (PNG and PDF) into ``out_dir`` from the records alone.
 
     Parameters
     ----------
     results:
         A results folder holding ``records/``, or records already loaded by
-        :func:`harness.report.load_runs`.
+        :func:`harness.runs.load_runs`.
     out_dir:
         Folder of the figures (created).
+    tables:
+        The tables the engine derived from these runs (:func:`harness.report.derive_tables`; the
+        report passes its own, so nothing is computed twice); those of :data:`TABLES_READ` not given
+        are derived here.
 
     Returns
     -------
@@ -37,7 +49,7 @@ def draw_all(results: "str | os.PathLike[str] | Runs", out_dir: "str | os.PathLi
     import logging
     from pathlib import Path
 
-    from harness.report import Runs, load_runs, metric_values, rank_table, sparsity_table, speedup_table
+    from harness.runs import Runs, load_runs
     from paper_figures import mislabel_curves, runtime_vs_rank, scaling, sparsity_vs_c
     from paper_figures._common import Drawn
 
@@ -47,12 +59,20 @@ def draw_all(results: "str | os.PathLike[str] | Runs", out_dir: "str | os.PathLi
     if runs.empty:
         drawn.notes.append("figures: no successful records, nothing drawn.")
         return drawn
-    values = metric_values(runs)
+    given = {table.name: table for table in tables or ()}
+    if any(name not in given for name in TABLES_READ):
+        from harness.report import metric_values, rank_table, sparsity_table, speedup_table
+
+        values = metric_values(runs)
+        derive = {
+            "speedup": lambda: speedup_table(runs),
+            "ranks": lambda: rank_table(runs, values),
+            "sparsity": lambda: sparsity_table(runs),
+        }
+        given.update({name: derive[name]() for name in TABLES_READ if name not in given})
     figures = {
-        "runtime vs rank": lambda: runtime_vs_rank.draw(
-            runs, speedup_table(runs), rank_table(runs, values), out
-        ),
-        "sparsity vs C": lambda: sparsity_vs_c.draw(runs, sparsity_table(runs), out),
+        "runtime vs rank": lambda: runtime_vs_rank.draw(runs, given["speedup"], given["ranks"], out),
+        "sparsity vs C": lambda: sparsity_vs_c.draw(runs, given["sparsity"], out),
         "scaling": lambda: scaling.draw(runs, out),
         "mislabel curves": lambda: mislabel_curves.draw(runs, out),
         "critical difference": lambda: _critical_differences(runs, out),
@@ -71,7 +91,7 @@ def _critical_differences(runs: "Runs", out: "os.PathLike[str]") -> "Drawn":
     from pathlib import Path
 
     from harness import evidence
-    from harness.report import settings_of
+    from harness.runs import settings_of
     from paper_figures._common import Drawn, slug
     from paper_figures.critical_difference import plot_critical_difference
 

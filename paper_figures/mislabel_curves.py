@@ -17,7 +17,7 @@ from harness.paper_numbers import DATASET_NAMES, REFERENCE_METHOD
 from paper_figures._common import Drawn, colours, new_figure, save, slug
 
 if TYPE_CHECKING:
-    from harness.report import Runs
+    from harness.runs import Runs
 
 METRIC = "mislabel_detection"
 

@@ -21,7 +21,7 @@ from harness.paper_numbers import DATASET_NAMES, PAPER_N_TEST, REFERENCE_METHOD,
 from paper_figures._common import Drawn, colours, new_figure, pick_setting, save, slug
 
 if TYPE_CHECKING:
-    from harness.report import Runs, Table
+    from harness.runs import Runs, Table
 
 
 def draw(runs: Runs, speedup: Table, ranks: Table, out_dir: Path) -> Drawn:

@@ -22,7 +22,7 @@ from paper_figures._common import Drawn, colours, new_figure, save
 if TYPE_CHECKING:
     import pandas as pd
 
-    from harness.report import Runs
+    from harness.runs import Runs
 
 MIN_SIZES = 4
 

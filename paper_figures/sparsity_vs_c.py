@@ -16,7 +16,7 @@ from harness.paper_numbers import DATASET_NAMES, REFERENCE_METHOD
 from paper_figures._common import Drawn, colours, new_figure, pick_setting, save, slug
 
 if TYPE_CHECKING:
-    from harness.report import Runs, Table
+    from harness.runs import Runs, Table
 
 PANELS = (
     ("l0_eps", "l0_eps (share of |a_i| < 1e-6 max|a|)"),

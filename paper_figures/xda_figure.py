@@ -9,7 +9,7 @@ a region (the watermark of the mark variant) its outline is drawn on every heatm
 is annotated with the share of its relevance of the attribution's sign (positive for the test
 point and the proponents, negative for the opponents) inside the region.
 
-Drawn from what ``dabench xda`` writes (:mod:`harness.xda_command`) alone: the JSON record and the
+Drawn from what ``dabench xda`` writes (:mod:`dabench.xda_command`) alone: the JSON record and the
 arrays beside it (``.npz``: ``test_input``, ``test_heatmap``, ``train_inputs``, ``train_heatmaps``,
 ``test_heatmaps``, optional ``region``). Redraw a figure with::
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dabench.cli import main
 from harness import records
-from harness.cli import main
 from harness.compare import compare, history
 from harness.config import ConfigError
 from harness.grid import run_grid

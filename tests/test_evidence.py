@@ -1,6 +1,6 @@
 """The report's evidence (harness/evidence.py): blocks, intervals, ties, ranks, health, paper agreement.
 
-The frames here are built by hand, in the shape :func:`harness.report.load_runs` gives, so every
+The frames here are built by hand, in the shape :func:`harness.runs.load_runs` gives, so every
 expected number can be computed on paper.
 """
 

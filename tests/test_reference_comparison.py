@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dabench.report import build_report
 from harness import records
 from harness.reference_comparison import _ratio_text
-from harness.report import build_report, short_labels
+from harness.runs import short_labels
 from harness.stats import joint_bootstrap, percentile_interval
 
 SEEDS = (0, 1)
@@ -161,7 +162,7 @@ def test_results_inside_the_reference_are_not_compared(reference: Path, tmp_path
 def test_console_fits_100_columns_and_html_has_the_section(
     reference: Path, perturbed, tmp_path: Path, capsys
 ):
-    from harness.cli import main
+    from dabench.cli import main
 
     run, _ = perturbed
     html = tmp_path / "r.html"
@@ -179,7 +180,7 @@ def test_console_fits_100_columns_and_html_has_the_section(
 
 
 def test_short_labels_are_unique_and_short(reference: Path) -> None:
-    from harness.report import load_runs
+    from harness.runs import load_runs
 
     runs = load_runs(reference / "records")
     assert set(runs.frame["method"]) == {

@@ -52,7 +52,7 @@ class _NotAMethodEither:
 
 def test_list_does_not_import_torch() -> None:
     code = (
-        "import sys; from harness.cli import main; main(['list', 'methods']); "
+        "import sys; from dabench.cli import main; main(['list', 'methods']); "
         "assert 'torch' not in sys.modules, 'dabench list imported torch'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from dabench.report import build_report
 from harness import records
 from harness.paper_numbers import FIGURE1, format_c, paper_name
-from harness.report import Report, build_report, latex_escape, rank_metric, write_report
+from harness.report import Report, latex_escape, rank_metric, write_report
 
 # --- the synthetic "mnist" setting (n_train 48, the toy records' size): hand-set values -----------
 #: label -> (method name, config, std class_detection, lds, coreset_selection or None (failed))
@@ -360,7 +361,7 @@ def test_scaling_cache_time_never_averages_a_cold_fit_with_a_cache_hit() -> None
     the figure's cache time is the cold 3 s, not their mean."""
     import pandas as pd
 
-    from harness.report import Runs
+    from harness.runs import Runs
     from paper_figures.scaling import scaling_frame
 
     base = {"task": "mnist", "variant": "std", "method": "arnoldi", "method_name": "arnoldi", "n_train": 1000}
@@ -456,7 +457,7 @@ def test_html_report_is_self_contained_and_renders_in_chromium(report: Report, t
 
 
 def test_cli_report_tables_only(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.cli import main
+    from dabench.cli import main
 
     argv = ["report", "--results-dir", str(results), "--out", str(tmp_path), "--no-figures", "--no-reference"]
     assert main(argv) == 0

@@ -1,4 +1,4 @@
-"""XDA (harness/xda.py, harness/xda_command.py): feature decomposition, LRP conservation, a
+"""XDA (harness/xda.py, dabench/xda_command.py): feature decomposition, LRP conservation, a
 hand-computed LRP reference, the watermark case, ResNet canonizers, bad input, the command.
 
 References are independent of the engine: the feature terms are recomputed here in float64 from
@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness import xda, xda_command
+from dabench import xda_command
+from harness import xda
 from harness.cache import Cache
 from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError, Method, Split, feature_split
@@ -435,9 +436,9 @@ def test_mark_command_writes_figure_and_record(mark_run, capsys) -> None:
 
 def test_mark_shortcut_points_carry_more_relevance_on_the_watermark(mark_run) -> None:
     """Default composite too: shortcut predictions put more relevance on the mark than correct ones."""
+    from dabench.xda_command import _mark_facts
     from harness.model_store import get_or_train_model, load_task_data, predict, select_device
     from harness.registry import TASKS
-    from harness.xda_command import _mark_facts
 
     root, _ = mark_run
     task_cls = TASKS.get("mnist")

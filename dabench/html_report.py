@@ -22,7 +22,8 @@ from harness.report import label_footnote
 if TYPE_CHECKING:
     import pandas as pd
 
-    from harness.report import Report, Table
+    from harness.report import Report
+    from harness.runs import Table
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -189,7 +190,7 @@ def environment_frames(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
 
 def render_html(report: Report) -> str:
     """The whole page as a string."""
-    from harness.report import fmt
+    from harness.runs import fmt
 
     runs = report.runs
     machine, packages, commits = environment_frames(runs.records)

@@ -1,4 +1,4 @@
-"""The ``dabench`` command line (also ``python -m harness``).
+"""The ``dabench`` command line (also ``python -m dabench`` and ``python -m harness``).
 
 Start-up imports only argparse and the lazy registries, so ``dabench list`` and ``--help`` answer
 at once; torch, quanda and the method modules load when a run needs them.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import xda_command
+from dabench import xda_command
 from harness.cache import CacheConflictError
 from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError
@@ -545,7 +545,7 @@ def _cell(text: str, width: int) -> str:
 
 
 def _number(value: Any, spec: str = ".3g") -> str:
-    from harness.report import fmt
+    from harness.runs import fmt
 
     return fmt(value.item() if hasattr(value, "item") else value, spec)
 
@@ -664,7 +664,7 @@ def _short_path(path: str) -> str:
 
 def _print_summary(report: Any) -> None:
     """The console summary of a report: every line fits :data:`WIDTH` columns."""
-    from harness.report import settings_of
+    from harness.runs import settings_of
 
     runs = report.runs
     settings = settings_of(runs.frame)
@@ -702,7 +702,7 @@ def _check_report_folders(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import build_report
+    from dabench.report import build_report
 
     no_figures = getattr(args, "no_figures", False)  # cmd_suite calls with results_dir and out only
     _check_report_folders(args)
