@@ -291,7 +291,7 @@ def test_an_installed_outside_method_is_listed_checked_planned_and_ranked(tmp_pa
     assert run.returncode == 0, run.stdout + run.stderr
     with open(results / "tables" / "ranks.csv") as handle:
         ranks = list(csv.DictReader(handle))
-    assert {row["method"] for row in ranks} == {"nearest", "feature_similarity", "random"}
+    assert {row["method_label"] for row in ranks} == {"nearest", "feature_similarity", "random"}
     assert all(row["avg_rank"] for row in ranks)
     with open(results / "tables" / "metrics.csv") as handle:
         assert any(row["method"] == "nearest" and row["class_detection"] for row in csv.DictReader(handle))
