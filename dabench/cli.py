@@ -680,13 +680,33 @@ def _print_summary(report: Any) -> None:
         _print_ranks(report, setting)
         _print_verdicts(report, setting)
     _print_reference(report)
-    if report.missing:
-        print(f"\nmissing ({len(report.missing)}; in full in report.html and the tables' notes):")
-        for line in report.missing[:MAX_NOTES]:
+    _print_failures(report)
+    notes = [line for line in report.missing if not line.startswith(FAILED_NOTE)]
+    if notes:
+        print(f"\nmissing ({len(notes)}; in full in report.html and the tables' notes):")
+        for line in notes[:MAX_NOTES]:
             print(_fit(f"- {line}"))
-        if len(report.missing) > MAX_NOTES:
-            print(f"- ... and {len(report.missing) - MAX_NOTES} more")
+        if len(notes) > MAX_NOTES:
+            print(f"- ... and {len(notes) - MAX_NOTES} more")
     _print_paths(report)
+
+
+#: The prefix of the report's note for a failed run (printed in full in its own section instead).
+FAILED_NOTE = "failed run, not shown:"
+
+
+def _print_failures(report: Any) -> None:
+    """Every failed run with what broke, wrapped (never cut) to 100 columns: no table shows them."""
+    import textwrap
+
+    from harness.runs import failure_line
+
+    failed = report.runs.failed
+    if not failed:
+        return
+    print(f"\nfailed runs ({len(failed)}; in no table; rerun them with --retry-failed):")
+    for rec in failed:
+        print(textwrap.fill(failure_line(rec), width=100, initial_indent="- ", subsequent_indent="    "))
 
 
 def _check_report_folders(args: argparse.Namespace) -> None:
