@@ -466,7 +466,8 @@ def test_cli_report_tables_only(results: Path, tmp_path: Path, capsys: pytest.Ca
     assert "average rank over the paper's metrics" in out and "=== mnist, n_train=48, n_test=24 ===" in out
     assert "metric health:" in out and "agreement with the paper" in out
     assert "not compared with the reference (--no-reference)" in out
-    assert "failed runs (1; in no table" in out and "LiSSA" in out.split("failed runs (")[1]
+    assert "failed runs (1; in no table" in out
+    assert "dualda(C=1e-05) on toy/std" in out.split("failed runs (")[1]
     assert max(len(line) for line in out.splitlines()) <= 100
     speedup = (tmp_path / "speedup.csv").read_text()
     assert "LiSSA" in speedup and "method_label" in speedup.splitlines()[0]
