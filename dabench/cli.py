@@ -17,7 +17,7 @@ from typing import Any
 
 from dabench import xda_command
 from harness.cache import CacheConflictError
-from harness.config import ConfigError
+from harness.config import ConfigError, parse_key_values
 from harness.protocols import CapabilityError, DataError
 from harness.records import RecordError
 from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_installed_plugins, load_plugin
@@ -342,11 +342,7 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
         value = getattr(args, key)
         if value is not None:
             task_overrides.append((key, value))
-    for item in args.task_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--task-option {item!r}: write KEY=VALUE")
-        task_overrides.append((key, value))
+    task_overrides += parse_key_values(args.task_option, "--task-option")
     task = ComponentSpec(args.task, tuple(task_overrides), args.preset)
     TASKS.check_name(task.name)
 
@@ -456,12 +452,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
     from harness.suites import SuiteOptions, get_suite
 
-    task_options = []
-    for item in args.task_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--task-option {item!r}: write KEY=VALUE")
-        task_options.append((key.strip(), value.strip()))
+    task_options = parse_key_values(args.task_option, "--task-option")
     seeds = tuple(_seeds(args.seeds)) if args.seeds is not None else ()
     options = SuiteOptions(
         seeds=seeds,
@@ -471,7 +462,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         methods=tuple(_split(args.methods)),
         datasets=tuple(_split(args.datasets)),
         metrics=tuple(_split(args.metrics)),
-        task_options=tuple(task_options),
+        task_options=task_options,
     )
     specs = get_suite(args.name, options, results_dir=args.results_dir, cache_dir=args.cache_dir)
     if args.list:
@@ -514,12 +505,7 @@ def _list_suite(name: str, specs: list[Any]) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from harness.check import check_method, format_table, passed
 
-    overrides = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--option {item!r}: write KEY=VALUE")
-        overrides[key.strip()] = value.strip()
+    overrides = dict(parse_key_values(args.option, "--option"))
     METHODS.check_name(args.name)
     results = check_method(args.name, overrides, preset=args.preset)
     print(format_table(args.name, results))

@@ -30,7 +30,7 @@ import argparse
 import os
 from typing import Any
 
-from harness.config import ConfigError
+from harness.config import ConfigError, parse_key_values
 from harness.protocols import CapabilityError, DataError
 
 PRESETS = ("default", "quick", "paper")
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     task = task_cls(
         ComponentSpec(args.task, tuple(task_overrides), args.preset).build_config(task_cls.Config, "task")
     )
-    method_spec = ComponentSpec(args.method, tuple(_key_values(args.method_option)), args.preset)
+    method_options = parse_key_values(args.method_option, "--method-option", "C=0.001")
+    method_spec = ComponentSpec(args.method, method_options, args.preset)
     method = method_cls(method_spec.build_config(method_cls.Config, "method"))
 
     data = load_task_data(task)
@@ -279,16 +280,6 @@ def _variant(args: argparse.Namespace) -> str | None:
             raise ConfigError(f"--mark is the mark variant; drop --variant {args.variant} or --mark")
         return "mark"
     return args.variant
-
-
-def _key_values(items: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--method-option {item!r}: write KEY=VALUE, e.g. C=0.001")
-        pairs.append((key.strip(), value.strip()))
-    return pairs
 
 
 def _mark_facts(data: Any, find_region: Any) -> tuple[Any, int]:

@@ -42,6 +42,32 @@ def require_finite(value: Any, name: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def parse_key_values(
+    items: typing.Iterable[str], where: str, example: str = "KEY=VALUE"
+) -> tuple[tuple[str, str], ...]:
+    """``("k=v", ...)`` as ``(("k", "v"), ...)``, keys and values stripped: the one KEY=VALUE parser.
+
+    Every command line option that takes KEY=VALUE (``--task-option``, ``--method-option``,
+    ``--option``, the ``name:k=v,k=v`` form) goes through here, so they fail alike.
+
+    Raises
+    ------
+    ConfigError
+        An item without ``=`` or with an empty key (``"<where>: cannot read 'x': write KEY=VALUE"``), or
+        a key given twice.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            hint = "" if example == "KEY=VALUE" else f", e.g. {example}"
+            raise ConfigError(f"{where}: cannot read {item!r}: write KEY=VALUE{hint}")
+        if key.strip() in {k for k, _ in pairs}:
+            raise ConfigError(f"{where}: {key.strip()!r} is given twice; give each key once")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
 def stable_hash(payload: Any, length: int = 16) -> str:
     """Hex digest of the canonical JSON of ``payload`` (sorted keys, no whitespace)."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)

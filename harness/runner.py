@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from harness.protocols import (
     Metric,
     MetricContext,
     MetricResult,
+    Task,
 )
 from harness.specs import ComponentSpec, ResolvedSpec, RunSpec, TimingConfig, expand, with_paths
 from harness.timing import RepeatStats, now, peak_memory, timed
@@ -156,15 +158,53 @@ def empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class RunSetup:
+    """What every run starts from: the task's data, its trained model, the device and the cache."""
+
+    data: TaskData
+    model: nn.Module
+    #: :func:`harness.model_store.get_or_train_model`'s facts: "key", "cached", "seconds", "history"
+    model_info: dict[str, Any]
+    device: torch.device
+    cache: Cache
+
+    def fit(self, method: Method, seed: int) -> float:
+        """Fit ``method`` on the model and training split through the cache; returns the seconds it took."""
+        seed_everything(seed)
+        _, timing = timed(lambda: method.fit(self.model, self.data.train, cache=self.method_cache(method)))
+        return timing.seconds
+
+    def method_cache(self, method: Method) -> Cache:
+        """The cache scope of ``method``'s artefacts (``<cache>/methods/<name>``)."""
+        return self.cache.scope("methods", method.name)
+
+
+def set_up(task: Task, seed: int, cache_dir: str | os.PathLike[str]) -> RunSetup:
+    """Load ``task``'s data and get or train its model for ``seed`` (content-addressed in ``cache_dir``).
+
+    The set-up of every run, shared by the runner and ``dabench xda``: the same task options and seed
+    give the same cached model.
+    """
+    cache = Cache(cache_dir)
+    device = select_device()
+    data = load_task_data(task)
+    model, model_info = get_or_train_model(task, data, seed, cache, device)
+    return RunSetup(data=data, model=model, model_info=model_info, device=device, cache=cache)
+
+
 def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     import torch
 
     spec, task, method = resolved.spec, resolved.task, resolved.method
-    cache = Cache(spec.cache_dir)
-    device = select_device()
-
-    data = load_task_data(task)
-    model, model_info = get_or_train_model(task, data, spec.seed, cache, device)
+    setup = set_up(task, spec.seed, spec.cache_dir)
+    data, model, model_info, device, cache = (
+        setup.data,
+        setup.model,
+        setup.model_info,
+        setup.device,
+        setup.cache,
+    )
     n_test_total = len(data.test)
     limit = spec.timing.explain_limit
     if limit is not None and limit < n_test_total:
@@ -200,7 +240,7 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     timings["warmup_s"] = warmup.seconds
 
     # --- fit: the first fit may miss the cache (cold); a second, fresh instance hits it (warm).
-    method_cache = cache.scope("methods", method.name)
+    method_cache = setup.method_cache(method)
     seed_everything(spec.seed)
     misses_before = method_cache.stats.misses
     _, fit_first = timed(lambda: method.fit(model, data.train, cache=method_cache))
@@ -384,6 +424,7 @@ __all__ = [
     "ComponentSpec",
     "ExplanationError",
     "ResolvedSpec",
+    "RunSetup",
     "RunSpec",
     "TimingConfig",
     "empty_record",
@@ -391,5 +432,6 @@ __all__ = [
     "expand",
     "method_label",
     "run_one",
+    "set_up",
     "with_paths",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import Config, ConfigError, option, stable_hash
+from harness.config import Config, ConfigError, option, parse_key_values, stable_hash
 from harness.protocols import Method, Metric, Task
 from harness.registry import METHODS, METRICS, TASKS
 
@@ -66,15 +66,9 @@ class ComponentSpec:
     def parse(cls, text: str, preset: str = "default") -> ComponentSpec:
         """``"name"`` or ``"name:key=value,key=value"`` (the CLI form)."""
         name, _, rest = text.partition(":")
-        overrides = []
-        for item in filter(None, (part.strip() for part in rest.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"cannot read {item!r} in {text!r}: write key=value")
-            if key.strip() in {k for k, _ in overrides}:
-                raise ConfigError(f"{key.strip()!r} is given twice in {text!r}; give each key once")
-            overrides.append((key.strip(), value.strip()))
-        return cls(name.strip(), tuple(overrides), preset)
+        parts = [part.strip() for part in rest.split(",") if part.strip()]
+        overrides = parse_key_values(parts, repr(text))
+        return cls(name.strip(), overrides, preset)
 
     def build_config(self, config_cls: type[Config], kind: str) -> Config:
         """The preset with the overrides applied; errors name the component ("method 'x': ...")."""

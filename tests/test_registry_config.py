@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,26 @@ def test_config_rejects_unknown_keys_and_bad_values() -> None:
         _Cfg.preset("fast")
     with pytest.raises(dataclasses.FrozenInstanceError):
         _Cfg().C = 1.0  # type: ignore[misc]
+
+
+def test_every_key_value_option_goes_through_one_parser():
+    from harness.config import parse_key_values
+    from harness.specs import ComponentSpec
+
+    assert parse_key_values([" C = 0.001", "tol=1e-4"], "--option") == (("C", "0.001"), ("tol", "1e-4"))
+    assert parse_key_values(["path=a=b"], "--option") == (("path", "a=b"),)  # the first '=' splits
+    with pytest.raises(ConfigError, match=r"--task-option: cannot read 'n_train': write KEY=VALUE"):
+        parse_key_values(["n_train"], "--task-option")
+    with pytest.raises(ConfigError, match="cannot read '=3'"):
+        parse_key_values(["=3"], "--option")
+    with pytest.raises(ConfigError, match="'C' is given twice"):
+        parse_key_values(["C=1", "C=2"], "--method-option")
+    # the name:k=v form fails alike
+    assert ComponentSpec.parse("dualda: C=0.1 ,tol=1e-3").overrides == (("C", "0.1"), ("tol", "1e-3"))
+    with pytest.raises(ConfigError, match="'dualda:C': cannot read 'C': write KEY=VALUE"):
+        ComponentSpec.parse("dualda:C")
+    # no command line parses KEY=VALUE on its own any more
+    root = Path(__file__).resolve().parent.parent
+    for path in [*(root / "dabench").glob("*.py"), *(root / "harness").glob("*.py")]:
+        if path.name != "config.py":
+            assert 'partition("=")' not in path.read_text(), f"{path} parses KEY=VALUE by hand"
