@@ -217,6 +217,29 @@ def git_info() -> dict[str, Any]:
 
 
 @functools.cache
+def machine() -> dict[str, str]:
+    """Which machine wrote a record: ``{"id", "hostname"}``.
+
+    ``id`` is 12 hex digits of a hash of the host's ``/etc/machine-id`` (systemd's stable id, when the
+    file is there), its host name and its network card's address: the same on every run of one host,
+    different across hosts, and no name or address given away. Two hosts of the same type can train
+    different models (floating-point order differs), so a comparison of records needs to know which
+    machine wrote each.
+    """
+    import hashlib
+    import socket
+    import uuid
+
+    try:
+        machine_id = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine_id = ""
+    hostname = socket.gethostname()
+    text = f"{machine_id}|{hostname}|{uuid.getnode():012x}"
+    return {"id": hashlib.blake2b(text.encode(), digest_size=6).hexdigest(), "hostname": hostname}
+
+
+@functools.cache
 def environment() -> dict[str, Any]:
     import torch
 
