@@ -3,23 +3,25 @@
     dabench xda --task mnist --variant std --test-index 7 --top 3
     dabench xda --task mnist --mark --n-train 1000        # the watermark (shortcut) case
 
-Loads the task and its cached model (:func:`harness.model_store.get_or_train_model`: the model of a
-``dabench run`` with the same task options and seed is reused), fits the method with the cache
-(``cache/methods/<name>/``), runs :func:`harness.xda.xda_for_test_point`, and writes into ``--out``
+Builds the task and the method as a run does (:class:`harness.specs.RunSpec`), takes the run's
+set-up (:func:`harness.runner.set_up`: the cached model of a ``dabench run`` with the same task
+options and seed is reused; :meth:`harness.runner.RunSetup.fit` fits the method through
+``cache/methods/<name>/``), runs :func:`xda.xda_for_test_point`, and writes into ``--out``
 
-- ``<stem>.json``: the record (task, method, test point, prediction, attributions of the
-  proponents and opponents, relevance sums and conservation errors, the watermark shares);
-- ``<stem>.npz``: the inputs and heatmaps the figure is drawn from;
+- ``<stem>.json``: :func:`xda.build_document`'s document (:class:`xda.XDADocument`: task, method,
+  test point, prediction, attributions of the proponents and opponents, relevance sums and
+  conservation errors, the watermark shares, git, environment, machine);
+- ``<stem>.npz``: the inputs and heatmaps the figure is drawn from (:meth:`xda.XDAResult.to_arrays`);
 - ``<stem>.png`` and ``<stem>.pdf``: the figure (:mod:`paper_figures.xda_figure`),
 
 with ``stem = <task>-<variant>-<method>-test<index>-<composite>`` (plus ``-biases`` with
 ``--keep-biases``). The LRP rules treat the biases as zero unless ``--keep-biases`` is given; the
-record says which (``xda.biases_zeroed``).
+document says which (``xda.biases_zeroed``).
 
-The mark case (``--mark`` = ``--variant mark``): the watermark region is read off the data
-(:func:`harness.xda.watermark_region` on the training images flagged in ``meta["marked"]``) and the
-shortcut class is the label of the marked training images; without ``--test-index`` the first test
-point predicted as the shortcut class whose true label is another class is explained.
+The mark case (``--mark`` = ``--variant mark``): the watermark region and the shortcut class are
+read off the data (:func:`xda.mark_facts`: the training images flagged in ``meta["marked"]``);
+without ``--test-index`` the first test point predicted as the shortcut class whose true label is
+another class is explained.
 
 Only argparse is imported at start-up; torch, zennit and matplotlib load in :func:`run`.
 """
@@ -27,11 +29,15 @@ Only argparse is imported at start-up; torch, zennit and matplotlib load in :fun
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, parse_key_values
 from harness.protocols import CapabilityError, DataError
+
+if TYPE_CHECKING:
+    from xda import XDADocument
 
 PRESETS = ("default", "quick", "paper")
 
@@ -113,29 +119,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dabench xda``; prints what it wrote and the conservation numbers. Returns 0."""
     import torch
 
-    from harness import records, xda
-    from harness.cache import Cache
-    from harness.model_store import (
-        get_or_train_model,
-        load_task_data,
-        predict,
-        seed_everything,
-        select_device,
-    )
-    from harness.registry import METHODS, TASKS
-    from harness.runner import ComponentSpec
+    import xda
+    from harness.model_store import load_task_data, predict
+    from harness.runner import ComponentSpec, RunSpec, set_up
 
     variant = _variant(args)
     if isinstance(args.top, bool) or args.top < 1:
         raise ConfigError(f"--top must be a positive number of training points, got {args.top}")
     composite = xda.resolve_composite_name(args.composite)  # one-line error listing the composites
-
-    method_cls = METHODS.get(args.method)
-    if xda.FEATURE_DECOMPOSITION not in method_cls.supports:
-        raise CapabilityError(
-            f"method {args.method!r} has no feature decomposition, which XDA needs; methods that have one: "
-            f"{', '.join(methods_with(xda.FEATURE_DECOMPOSITION))}"
-        )
     task_overrides = [
         (key, value)
         for key, value in (
@@ -146,31 +137,36 @@ def run(args: argparse.Namespace) -> int:
         )
         if value is not None
     ]
-    task_cls = TASKS.get(args.task)
-    task = task_cls(
-        ComponentSpec(args.task, tuple(task_overrides), args.preset).build_config(task_cls.Config, "task")
-    )
     method_options = parse_key_values(args.method_option, "--method-option", "C=0.001")
-    method_spec = ComponentSpec(args.method, method_options, args.preset)
-    method = method_cls(method_spec.build_config(method_cls.Config, "method"))
-
-    data = load_task_data(task)
-    n_test = len(data.test)
+    spec = RunSpec(
+        task=ComponentSpec(args.task, tuple(task_overrides), args.preset),
+        method=ComponentSpec(args.method, method_options, args.preset),
+        metrics=(),
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+    )
+    resolved = spec.resolve()
+    task, method = resolved.task, resolved.method
+    if xda.FEATURE_DECOMPOSITION not in method.supports:
+        raise CapabilityError(
+            f"method {args.method!r} has no feature decomposition, which XDA needs; methods that have one: "
+            f"{', '.join(methods_with(xda.FEATURE_DECOMPOSITION))}"
+        )
+    n_test = len(load_task_data(task).test)  # loaded once per process: set_up reuses it
     if args.test_index is not None and not 0 <= args.test_index < n_test:
         raise DataError(
             f"--test-index {args.test_index} is out of range: the test split has {n_test} points "
             f"(valid: 0..{n_test - 1}; --n-test changes its size)"
         )
-    device = select_device()
-    cache = Cache(args.cache_dir)
-    model, model_info = get_or_train_model(task, data, args.seed, cache, device)
-    seed_everything(args.seed)
-    method.fit(model, data.train, cache=cache.scope("methods", method.name))
-    predictions = predict(model, data.test.x, 256)
+
+    setup = set_up(task, spec.seed, spec.cache_dir)  # the model of a `dabench run` with these options
+    setup.fit(method, spec.seed)
+    data, model = setup.data, setup.model
+    predictions = predict(model, data.test.x, spec.timing.batch_size)
 
     region = shortcut = None
     if data.variant == "mark":
-        region, shortcut = _mark_facts(data, xda.watermark_region)
+        region, shortcut = xda.mark_facts(data)
     index = args.test_index
     if index is None:
         index = 0
@@ -184,9 +180,6 @@ def run(args: argparse.Namespace) -> int:
                 )
             index = int(hits[0])
 
-    input_x = data.train.x
-    reduce = [0, *range(2, input_x.dim())]
-    bounds = (input_x.amin(dim=reduce, keepdim=True), input_x.amax(dim=reduce, keepdim=True))
     result = xda.xda_for_test_point(
         model,
         method,
@@ -194,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         data.train.x,
         top=args.top,
         composite=composite,
-        bounds=bounds,
+        bounds=xda.input_range(data.train.x),
         zero_bias=not args.keep_biases,
         region=region,
         train_labels=data.train.y,
@@ -203,73 +196,36 @@ def run(args: argparse.Namespace) -> int:
     stem = f"{task.name}-{data.variant}-{method.name}-test{index}-{composite}"
     if args.keep_biases:
         stem += "-biases"
+    files: xda.document.FileNames = {
+        "json": f"{stem}.json",
+        "arrays": f"{stem}.npz",
+        "png": f"{stem}.png",
+        "pdf": f"{stem}.pdf",
+    }
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    paths = {
-        "json": os.path.join(out, f"{stem}.json"),
-        "arrays": os.path.join(out, f"{stem}.npz"),
-        "png": os.path.join(out, f"{stem}.png"),
-        "pdf": os.path.join(out, f"{stem}.pdf"),
-    }
-    true_label = int(data.test.y[index])
-    record = {
-        "kind": "xda",
-        "schema_version": 1,
-        "created_utc": records.utc_now(),
-        "task": {
-            "name": task.name,
-            "version": task.version,
-            "variant": data.variant,
-            "config": task.config.to_dict(),
-            "n_train": len(data.train),
-            "n_test": n_test,
-            "seed": args.seed,
-            "model": {
-                "key": model_info["key"],
-                "cached": model_info["cached"],
-                "test_accuracy": float((predictions == data.test.y).double().mean()),
-            },
-        },
-        "method": {
-            "name": method.name,
-            "version": method.version,
-            "config": method.config.to_dict(),
-            "config_hash": method.config.config_hash(),
-        },
-        "test": {
-            "index": index,
-            "true_label": true_label,
-            "prediction": result.prediction,
-            "correct": result.prediction == true_label,
-        },
-        "top": args.top,
-        "shortcut": (
-            None
-            if shortcut is None
-            else {
-                "class": shortcut,
-                "predicted_as_shortcut": result.prediction == shortcut,
-                "true_label_differs": true_label != shortcut,
-            }
-        ),
-        "xda": result.to_record(),
-        "files": {key: os.path.basename(path) for key, path in paths.items()},
-        "git": records.git_info(),
-        "environment": records.environment(),
-    }
-    if record["shortcut"] is not None:
-        marked = data.train.meta["marked"]
-        for side in ("proponents", "opponents"):
-            for entry in record["xda"][side]:
-                entry["train_marked"] = bool(marked[entry["train_index"]])
-    arrays = _arrays(result)
-    _write_arrays(arrays, paths["arrays"])
-    _write_json(record, paths["json"])
+    paths = {key: os.path.join(out, str(name)) for key, name in files.items()}
+    document = xda.build_document(
+        result,
+        task=task,
+        method=method,
+        data=data,
+        seed=spec.seed,
+        model_info=setup.model_info,
+        test_accuracy=float((predictions == data.test.y).double().mean()),
+        test_index=index,
+        top=args.top,
+        shortcut=shortcut,
+        files=files,
+    )
+    arrays = result.to_arrays()
+    _write_atomically(paths["arrays"], _npz_bytes(arrays))
+    _write_atomically(paths["json"], json.dumps(document, indent=1, sort_keys=True).encode())
 
     from paper_figures.xda_figure import draw_xda_figure
 
-    draw_xda_figure(record, arrays, os.path.join(out, stem))
-    _report(record, paths)
+    draw_xda_figure(document, arrays, os.path.join(out, stem))
+    _report(document, paths)
     return 0
 
 
@@ -282,52 +238,24 @@ def _variant(args: argparse.Namespace) -> str | None:
     return args.variant
 
 
-def _mark_facts(data: Any, find_region: Any) -> tuple[Any, int]:
-    """``(region, shortcut_class)`` of the mark variant, read off ``meta["marked"]`` of the training split."""
-    import torch
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    import io
 
-    train, test = data.train, data.test
-    marked = train.meta.get("marked")
-    if marked is None or int(marked.sum()) < 1 or bool(marked.all()):
-        raise DataError(
-            "the mark variant's training split must flag watermarked and clean images in meta['marked']; "
-            "use a larger --n-train"
-        )
-    labels = train.y[marked].unique()
-    if labels.numel() != 1:
-        raise DataError(f"watermarked training images carry several labels {labels.tolist()}; expected one")
-    test_marked = test.meta.get("marked", torch.zeros(len(test), dtype=torch.bool))
-    with_mark = torch.cat([train.x[marked], test.x[test_marked]])
-    return find_region(with_mark, train.x[~marked]), int(labels[0])
-
-
-def _arrays(result: Any) -> dict[str, Any]:
     import numpy as np
-    import torch
 
-    pairs = result.pairs
-    empty = torch.empty(0, *result.test_input.shape)
-    arrays = {
-        "test_input": result.test_input.numpy(),
-        "test_heatmap": result.test_heatmap.numpy(),
-        "train_inputs": result.train_inputs.numpy(),
-        "train_heatmaps": (torch.stack([p.train_heatmap for p in pairs]) if pairs else empty).numpy(),
-        "test_heatmaps": (torch.stack([p.test_heatmap for p in pairs]) if pairs else empty).numpy(),
-    }
-    if result.region is not None:
-        arrays["region"] = result.region.numpy().astype(np.bool_)
-    return arrays
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
 
 
-def _write_arrays(arrays: dict[str, Any], path: str) -> None:
+def _write_atomically(path: str, content: bytes) -> None:
+    """Write ``path`` through a temporary file beside it and ``os.replace`` (never half a file)."""
     import tempfile
 
-    import numpy as np
-
-    fd, tmp = tempfile.mkstemp(prefix=".xda.", suffix=".npz", dir=os.path.dirname(path))
+    fd, tmp = tempfile.mkstemp(prefix=".xda.", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+            handle.write(content)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -335,23 +263,8 @@ def _write_arrays(arrays: dict[str, Any], path: str) -> None:
         raise
 
 
-def _write_json(record: dict[str, Any], path: str) -> None:
-    import json
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=".xda.", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _report(record: dict[str, Any], paths: dict[str, str]) -> None:
-    test, res = record["test"], record["xda"]
+def _report(document: XDADocument, paths: dict[str, str]) -> None:
+    test, res = document["test"], document["xda"]
     cons = res["conservation"]
     print(
         f"test #{test['index']}: true label {test['true_label']}, predicted {test['prediction']} "

@@ -187,7 +187,7 @@ class Method(ABC):
     - ``"cache"``: :meth:`fit` stores :meth:`compute`'s artefact in the cache it is given;
     - ``"feature_decomposition"``: the attribution is a sum over the penultimate features,
       ``a_i(x) = sum_k alpha_i^c phi_k(x) phi_k(x_i)``, and :meth:`feature_relevance` returns its
-      terms (XDA, :mod:`harness.xda`, propagates them into the input images with LRP).
+      terms (XDA, :mod:`xda`, propagates them into the input images with LRP).
 
     ``attributes_through`` and ``self_influence_definition`` say, in words, which layers the
     attributions go through and how self-influence is defined; both land in every record (a method

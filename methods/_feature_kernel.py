@@ -23,7 +23,7 @@ and its extras. Code names, paper -> code:
   picking one row per test point is contiguous);
 - ``||phi(x_i)||^2`` -> ``train_sq_norms_`` ``(n_train,)`` float64 on the CPU (self-influence);
 - the per-feature terms ``alpha_i^c phi_k(x) phi_k(x_i)`` -> :meth:`~FeatureKernelMethod.feature_relevance`
-  (XDA, :mod:`harness.xda`, propagates them into the input images).
+  (XDA, :mod:`xda`, propagates them into the input images).
 
 Surrogate faithfulness (the DualXDA paper's appendix) is measured on the training features at fit
 time and put in the record (:func:`surrogate_faithfulness`).

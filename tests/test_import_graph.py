@@ -1,4 +1,5 @@
-"""Imports point one way: dabench (presentation) -> harness (engine) -> harness.protocols.
+"""Imports point one way: dabench (presentation) -> harness (engine) -> harness.protocols; xda (method
+code on top of the engine) sees only the engine's protocols, config and records.
 
 The graph is read from the source (``ast``), so an import inside a function, or under
 ``if TYPE_CHECKING:``, counts as much as one at the top of a module: a circle hidden in a function
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dabench", "harness", "methods", "tasks", "paper_figures")
+PACKAGES = ("dabench", "harness", "methods", "tasks", "paper_figures", "xda")
 #: The engine modules a method or task may import (its contract with the harness).
 PLUGIN_API = ("harness.protocols", "harness.config", "harness.cache", "harness.registry", "harness.measures")
+#: The engine modules the xda package may import.
+XDA_ENGINE_API = ("harness.protocols", "harness.config", "harness.records")
 
 
 def _modules() -> dict[str, Path]:
@@ -94,6 +97,8 @@ def test_the_graph_is_read(graph: dict[str, set[str]]) -> None:
     assert "harness.report" in graph["dabench.report"]
     assert "harness.runs" in graph["harness.report"]
     assert "harness.protocols" in graph["methods.random_baseline"]
+    assert {"xda", "xda.lrp", "xda.pairs", "xda.results", "xda.document"} <= set(graph)
+    assert "xda" in graph["dabench.xda_command"] and "harness.records" in graph["xda.document"]
 
 
 def test_imports_form_no_circle(graph: dict[str, set[str]]) -> None:
@@ -127,3 +132,24 @@ def test_methods_and_tasks_use_only_the_plugin_api(graph: dict[str, set[str]]) -
         if target.split(".")[0] in ("harness", "dabench", "paper_figures") and target not in PLUGIN_API
     )
     assert not wrong, f"methods/ and tasks/ may import only {', '.join(PLUGIN_API)}: " + "; ".join(wrong)
+
+
+def test_xda_is_its_own_package_on_the_engine(graph: dict[str, set[str]]) -> None:
+    """The engine never imports xda; xda imports of the engine only its protocols, config and records,
+    and no method, task or presentation module."""
+    engine = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.split(".")[0] == "harness"
+        for target in targets
+        if target.split(".")[0] == "xda"
+    )
+    assert not engine, "harness must not import xda: " + "; ".join(engine)
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.split(".")[0] == "xda"
+        for target in targets
+        if target.split(".")[0] != "xda" and target not in XDA_ENGINE_API
+    )
+    assert not wrong, f"xda may import only {', '.join(XDA_ENGINE_API)} of ours: " + "; ".join(wrong)

@@ -1,5 +1,6 @@
-"""XDA (harness/xda.py, dabench/xda_command.py): feature decomposition, LRP conservation, a
-hand-computed LRP reference, the watermark case, ResNet canonizers, bad input, the command.
+"""XDA (the xda package, dabench/xda_command.py): feature decomposition, LRP conservation, a
+hand-computed LRP reference, the watermark case, ResNet canonizers, bad input, the command and the
+document it writes.
 
 References are independent of the engine: the feature terms are recomputed here in float64 from
 ``feature_split`` and the methods' alpha; the LRP-0 / epsilon reference is written out in numpy.
@@ -16,12 +17,14 @@ import pytest
 import torch
 from torch import nn
 
+import xda
 from dabench import xda_command
-from harness import xda
+from harness import records
 from harness.cache import Cache
 from harness.config import ConfigError
 from harness.protocols import CapabilityError, DataError, Method, Split, feature_split
 from harness.registry import METHODS
+from harness.runner import ComponentSpec, RunSpec
 from methods.dualda import DualDA, DualDAConfig
 from methods.representer import RepresenterPoints
 
@@ -407,6 +410,12 @@ def mark_run(tmp_path_factory):
     return root, paths
 
 
+def _mark_spec(root: Path) -> RunSpec:
+    """The run of ``mark_run``'s task options, seed and cache, as ``dabench run`` would build it."""
+    task = ComponentSpec("mnist", (("variant", "mark"), ("n_train", 1000), ("n_test", 200)), "quick")
+    return RunSpec(task=task, method=ComponentSpec("random"), metrics=(), cache_dir=str(root / "cache"))
+
+
 def test_mark_command_writes_figure_and_record(mark_run, capsys) -> None:
     from tasks.variants import watermark_mask
 
@@ -434,22 +443,58 @@ def test_mark_command_writes_figure_and_record(mark_run, capsys) -> None:
         assert pair["train_label"] == 2 and isinstance(pair["train_marked"], bool)
 
 
+def test_mark_document_is_the_typed_document(mark_run) -> None:
+    """One document shape: the keys written are XDADocument's, versioned by the named constant,
+    with the machine that wrote it."""
+    root, paths = mark_run
+    document = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
+    assert set(document) == set(xda.XDADocument.__annotations__)
+    assert document["schema_version"] == xda.XDA_SCHEMA_VERSION == 1
+    assert document["machine"] == records.machine()
+    assert len(document["machine"]["id"]) == 12 and int(document["machine"]["id"], 16) >= 0
+    assert set(document["git"]) == {"commit", "dirty"} and document["environment"]["torch"]
+    assert set(document["xda"]) == set(xda.XDARecord.__annotations__)
+    for pair in document["xda"]["proponents"] + document["xda"]["opponents"]:
+        assert set(pair) == set(xda.results.PairRecord.__annotations__)  # train_marked: the mark variant
+    assert document["files"] == {
+        key: f"mnist-mark-dualda-test0-EpsilonPlus.{ext}"
+        for key, ext in (("json", "json"), ("arrays", "npz"), ("png", "png"), ("pdf", "pdf"))
+    }
+
+
+def test_xda_and_run_share_the_cached_model(mark_run) -> None:
+    """``dabench run`` with the task options and seed of ``dabench xda`` finds the model xda trained."""
+    from dabench.cli import main
+
+    root, paths = mark_run
+    document = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
+    assert document["task"]["model"]["cached"] is False  # trained by the xda command itself
+    argv = ["run", "--task", "mnist", "--variant", "mark", "--n-train", "1000", "--n-test", "200"]
+    argv += ["--preset", "quick", "--methods", "random", "--metrics", "", "--repeats", "1"]
+    argv += ["--cache-dir", str(root / "cache"), "--results-dir", str(root / "run")]
+    assert main(argv) == 0
+    (record_path,) = (root / "run" / "records").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "ok" and record["task"]["seed"] == document["task"]["seed"] == 0
+    assert record["task"]["config"] == document["task"]["config"]
+    assert record["task"]["model"]["cached"] is True
+    assert record["task"]["model"]["key"] == document["task"]["model"]["key"]
+    assert record["task"]["model"]["test_accuracy"] == pytest.approx(
+        document["task"]["model"]["test_accuracy"]
+    )
+
+
 def test_mark_shortcut_points_carry_more_relevance_on_the_watermark(mark_run) -> None:
     """Default composite too: shortcut predictions put more relevance on the mark than correct ones."""
-    from dabench.xda_command import _mark_facts
-    from harness.model_store import get_or_train_model, load_task_data, predict, select_device
-    from harness.registry import TASKS
+    from harness.model_store import predict
+    from harness.runner import set_up
 
     root, _ = mark_run
-    task_cls = TASKS.get("mnist")
-    config = task_cls.Config.from_dict(
-        {"variant": "mark", "n_train": 1000, "n_test": 200}, base=task_cls.Config.quick()
-    )
-    task = task_cls(config)
-    data = load_task_data(task)
-    model, info = get_or_train_model(task, data, 0, Cache(root / "cache"), select_device())
-    assert info["cached"]
-    region, shortcut = _mark_facts(data, xda.watermark_region)
+    task = _mark_spec(root).resolve().task
+    setup = set_up(task, 0, root / "cache")
+    assert setup.model_info["cached"]  # the model dabench xda trained
+    data, model = setup.data, setup.model
+    region, shortcut = xda.mark_facts(data)
     predictions = predict(model, data.test.x, 256)
     through_mark = torch.nonzero((predictions == shortcut) & (data.test.y != shortcut)).flatten()[:8]
     correct = torch.nonzero((predictions == data.test.y) & (data.test.y != shortcut)).flatten()[:8]
