@@ -485,7 +485,7 @@ def _list_suite(name: str, specs: list[Any]) -> int:
     lines = []
     for spec in specs:
         resolved = spec.resolve()
-        status = existing_status(resolved.record_path())
+        status = existing_status(resolved)
         mark = {"ok": "done", "failed": "failed"}.get(status or "", "to run")
         counts[mark] += 1
         task = resolved.task.config

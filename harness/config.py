@@ -118,7 +118,12 @@ class Config:
 
     @classmethod
     def preset(cls, name: str) -> Self:
-        presets = {"default": cls, "paper": cls.paper, "quick": cls.quick, "smoke": cls.smoke}
+        presets: dict[str, typing.Callable[[], Self]] = {
+            "default": cls,
+            "paper": cls.paper,
+            "quick": cls.quick,
+            "smoke": cls.smoke,
+        }
         if name not in presets:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
@@ -146,7 +151,7 @@ class Config:
         coerced = {k: _coerce(v, hints.get(k), k) for k, v in values.items()}
         start = base if base is not None else cls()
         try:
-            return dataclasses.replace(start, **coerced)
+            return typing.cast(Self, dataclasses.replace(start, **coerced))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid config: {err}") from err
 

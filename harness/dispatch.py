@@ -1,7 +1,7 @@
 """Where the runs of a grid execute: in this process, in local worker processes, or on Slurm.
 
 Three executors, one contract: each run is one job that runs one :class:`~harness.runner.RunSpec`
-and writes its own record (atomically, under ``results/records/<run_id>.json``); a job that
+and writes its own record (atomically and once, under ``results/records/<record_id>.json``); a job that
 raises leaves a record with status "failed" and its traceback; the rest of the grid goes on.
 
 - ``inline``: the runs one after the other in this process (the default).
@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import records
 from harness.config import Config, ConfigError, option, require_positive_int
+from harness.specs import RECORDS_FOLDER
 
 if TYPE_CHECKING:
     from harness.runner import ResolvedSpec, RunSpec
@@ -81,7 +81,7 @@ def run_spec_job(spec: RunSpec) -> str:
     from harness.runner import run_one
 
     record = run_one(spec)
-    return str(records.write_record(record, Path(spec.results_dir) / "records"))
+    return str(records.write_record(record, Path(spec.results_dir) / RECORDS_FOLDER))
 
 
 @dataclass(frozen=True)
@@ -254,11 +254,6 @@ def _collect(job: Any, item: ResolvedSpec) -> Path:
         from harness.runner import empty_record
 
         log.error("job %s for run %s failed: %s", job.job_id, item.run_id, err)
-        record = empty_record(item)
-        record["status"] = "failed"
-        record["error"] = {
-            "type": type(err).__name__,
-            "message": f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err) else err!r}",
-            "traceback": "".join(traceback.format_exception(err)),
-        }
-        return records.write_record(record, Path(item.spec.results_dir).absolute() / "records")
+        last_line = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+        record = records.mark_failed(empty_record(item), err, message=f"job {job.job_id} failed: {last_line}")
+        return records.write_record(record, item.records_dir().absolute())

@@ -487,7 +487,7 @@ def _spearman_row(task: str, ranks: RankEvidence | None, names: dict[str, str]) 
             figure = figure1(task, names.get(m))
             if figure is not None and not math.isnan(ranks.point[j]):
                 pairs.append((j, figure[1]))
-    if len(pairs) < 3:
+    if ranks is None or len(pairs) < 3:
         return _row(finding, "Figure 1 ranks", f"{len(pairs)} methods with both ranks", INCONCLUSIVE)
     columns = [j for j, _ in pairs]
     draws = ranks.draws[:, columns]
@@ -605,8 +605,8 @@ def _sparsity_row(setting_blocks: Sequence[Block], names: dict[str, str]) -> dic
     verdicts, parts = [], []
     for j in range(len(dual) - 1):
         diff = draws[:, j + 1] - draws[:, j]
-        low, high = stats.percentile_interval(diff)
-        low, high = float(low), float(high)
+        interval = stats.percentile_interval(diff)
+        low, high = float(interval[0]), float(interval[1])
         verdicts.append(REPRODUCED if low > 0 else CONTRADICTED if high < 0 else INCONCLUSIVE)
         parts.append(f"C={dual[j + 1][0]:g} minus C={dual[j][0]:g}: [{low:.3g}, {high:.3g}]")
     verdict = (

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness import records
 from harness.config import ConfigError
@@ -33,13 +33,10 @@ class GridOutcome:
     failed: list[Path] = field(default_factory=list)
 
 
-def existing_status(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    try:
-        return records.read_record(path)["status"]
-    except records.RecordError:
-        return None
+def existing_status(item: ResolvedSpec) -> str | None:
+    """The status of the latest record of ``item``'s run ("ok", "failed"), None when it has none."""
+    latest = records.latest_record(item.records_dir(), item.run_id)
+    return None if latest is None else latest["status"]
 
 
 def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
@@ -93,14 +90,15 @@ def run_grid(
     retry_failed: bool = False,
     dispatch: DispatchConfig | None = None,
     progress: bool | None = None,
-    on_record: Callable[[dict[str, Any], Path], None] | None = None,
+    on_record: Callable[[records.Record, Path], None] | None = None,
     on_start: Callable[[int, int, str], None] | None = None,
 ) -> GridOutcome:
     """Run every spec that has no record yet; with ``retry_failed`` also those whose record failed;
     with ``force`` all of them.
 
     Records are written one by one as runs finish, so an interrupted grid loses at most the runs in
-    flight and a rerun picks up where it stopped. ``dispatch`` chooses where the runs execute
+    flight and a rerun picks up where it stopped; a run computed again adds a record beside the
+    earlier ones (the latest counts). ``dispatch`` chooses where the runs execute
     (:mod:`harness.dispatch`; default inline, in this process). ``on_start(index, total, what)`` is
     called before each inline run; ``on_record(record, path)`` after each written record.
     """
@@ -112,21 +110,22 @@ def run_grid(
     dispatch = dispatch if dispatch is not None else DispatchConfig()
     check_executor_available(dispatch)
     specs = list(specs)
-    for folder in {(s.results_dir, "results") for s in specs} | {(s.cache_dir, "cache") for s in specs}:
-        check_writable_folder(*folder)
+    for path, what in {(s.results_dir, "results") for s in specs} | {(s.cache_dir, "cache") for s in specs}:
+        check_writable_folder(path, what)
     resolved = preflight(specs)
-    for folder in {Path(s.results_dir) / "records" for s in specs}:
+    for folder in {item.records_dir() for item in resolved}:
         records.remove_stale_temporaries(folder)
     outcome = GridOutcome()
     todo: list[ResolvedSpec] = []
     for item in resolved:
-        status = existing_status(item.record_path())
-        if force or status is None or (status == "failed" and retry_failed):
+        latest = records.latest_record(item.records_dir(), item.run_id)
+        if latest is None or force or (latest["status"] == "failed" and retry_failed):
+            records.set_aside_unreadable(item.records_dir(), item.run_id)
             todo.append(item)
         else:
-            outcome.skipped.append(item.record_path())
+            outcome.skipped.append(item.records_dir() / f"{latest['record_id']}.json")
 
-    def written(path: Path, record: dict[str, Any]) -> None:
+    def written(path: Path, record: records.Record) -> None:
         (outcome.written if record["status"] == "ok" else outcome.failed).append(path)
         if on_record is not None:
             on_record(record, path)
@@ -141,5 +140,5 @@ def run_grid(
         if on_start is not None:
             on_start(index, len(todo), what)
         record = run_one(item.spec)
-        written(records.write_record(record, item.record_path().parent), record)
+        written(records.write_record(record, item.records_dir()), record)
     return outcome

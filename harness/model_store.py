@@ -18,6 +18,7 @@ and every method of the grid reads the same weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -269,7 +270,7 @@ class Retrainer(Counterfactuals):
             total=len(subsets), desc=f"{purpose}: retrain", unit="model", disable=None, leave=False
         ) as bar:
             for key, subset in zip(keys, subsets, strict=True):
-                artefact = self.store.get_or_create(key, lambda s=subset: self._train(task, s))
+                artefact = self.store.get_or_create(key, functools.partial(self._train, task, subset))
                 model = _load(task, artefact, self.device)
                 results.append(evaluate(model))
                 bar.update(1)
@@ -297,7 +298,8 @@ class Retrainer(Counterfactuals):
                     self.task.name,
                 )
                 return self.task
-            return type(self.task)(dataclasses.replace(self.task.config, steps=steps))
+            config: Any = self.task.config  # a task config with a "steps" option (checked above)
+            return type(self.task)(dataclasses.replace(config, steps=steps))
         if not self._has_option("epochs"):
             raise ConfigError(
                 f"task {self.task.name!r} has no 'epochs' option, so retraining cannot change it; "

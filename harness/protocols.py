@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import harness.config
 from harness.config import Config, ConfigError, option
 
 if TYPE_CHECKING:  # torch is imported lazily: `dabench list` must stay instant
@@ -218,7 +219,7 @@ class Method(ABC):
     #: Cheap enough for all 60,000 MNIST training points on a CPU (the ``full`` suite runs these).
     cheap: ClassVar[bool] = False
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: harness.config.Config | None = None) -> None:
         if config is None:
             config = self.Config()
         if not isinstance(config, self.Config):
@@ -588,7 +589,7 @@ class Metric(ABC):
     #: What the metric reads from the method: "explanations" and/or "self_influence".
     needs: ClassVar[frozenset[str]] = frozenset({"explanations"})
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: harness.config.Config | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
     def check_applicable(self, variant: str, method_supports: frozenset[str]) -> None:

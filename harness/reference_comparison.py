@@ -236,8 +236,9 @@ def _difference(setting: str, method: str, metric: str, pairs: Sequence[tuple[An
     points = [_per_point_difference(a, b, metric) for a, b in pairs]
     seed = zlib.crc32(f"{setting}|{method}|{metric}".encode())
     low = high = math.nan
-    if all(p is not None for p in points):
-        sample = stats.joint_bootstrap({"difference": points}, seed=seed)
+    complete = [p for p in points if p is not None]
+    if len(complete) == len(points):
+        sample = stats.joint_bootstrap({"difference": complete}, seed=seed)
         resampled = "test points within seeds, and seeds" if len(pairs) > 1 else "test points (one seed)"
     elif len(pairs) > 1:
         per_seed = [a - b for a, b in zip(this, theirs, strict=True)]

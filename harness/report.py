@@ -51,7 +51,7 @@ from harness.paper_numbers import (
     figure1,
     format_c,
 )
-from harness.records import iter_records
+from harness.records import Record, iter_records
 from harness.runs import (
     MISSING,
     SETTING_COLUMNS,
@@ -730,7 +730,7 @@ def health_table(runs: Runs) -> Table:
     import pandas as pd
 
     rows = []
-    firsts = runs.frame.drop_duplicates("setting").set_index("setting") if not runs.empty else None
+    firsts = runs.frame.drop_duplicates("setting").set_index("setting") if not runs.empty else pd.DataFrame()
     frame = runs.frame
     baselines = set(frame.loc[frame["method_name"] == RANDOM_METHOD, "method"]) if not runs.empty else set()
     for block in runs.blocks:
@@ -881,9 +881,7 @@ def _doc_definition(function: Any) -> str:
 # =============================================================================================
 # The summary table (one row per run configuration) — what `dabench report` has always shown
 # =============================================================================================
-def _summary_rows(
-    records: Iterable[dict[str, Any]], short: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
+def _summary_rows(records: Iterable[Record], short: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per ok record: ``method`` is ``short[label]`` (default: the label), ``method_label``."""
     short = short or {}
     rows: list[dict[str, Any]] = []
@@ -899,7 +897,7 @@ def _summary_rows(
             "method_label": rec["method"]["label"],
             "config_hash": rec["method"]["config_hash"],
             "seed": rec["task"]["seed"],
-            "model_test_acc": (rec["task"].get("model") or {}).get("test_accuracy"),
+            "model_test_acc": (rec["task"]["model"] or {"test_accuracy": None})["test_accuracy"],
             "fit_cold_s": rec["timings"]["fit"]["cold_s"],
             "fit_warm_s": rec["timings"]["fit"]["warm_s"],
             "explain_ms_per_point": 1e3 * rec["timings"]["explain"]["per_point_median_s"],

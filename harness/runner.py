@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harness import records
 from harness.cache import Cache
@@ -70,7 +70,7 @@ def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, dev
     """
     import torch
 
-    parts = []
+    parts: list[Tensor] = []
     for i in range(0, len(x), batch_size):
         part = method.explain(x[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
         rows = len(x[i : i + batch_size])
@@ -99,33 +99,25 @@ class ExplanationError(RuntimeError):
     """A method's explanations cannot be attributions (wrong type, shape, dtype, non-finite values)."""
 
 
-def run_one(spec: RunSpec) -> dict[str, Any]:
+def run_one(spec: RunSpec) -> records.Record:
     """Run one spec and return its record (status "failed" with the traceback on any error)."""
     resolved = spec.resolve()
     record = empty_record(resolved)
     try:
         _run(resolved, record)
-        record["status"] = "ok"
+        records.mark_ok(record)
     except Exception as err:  # the record carries the failure; the grid goes on
         log.exception("run %s failed", resolved.run_id)
-        record["status"] = "failed"
-        record["error"] = {
-            "type": type(err).__name__,
-            "message": str(err),
-            "traceback": traceback.format_exc(),
-        }
+        records.mark_failed(record, err, traceback_text=traceback.format_exc())
     return record
 
 
-def empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
+def empty_record(resolved: ResolvedSpec) -> records.Record:
+    """The record of ``resolved`` before it runs (status "failed" until the run completes)."""
     task, method = resolved.task, resolved.method
-    return {
-        "schema_version": records.SCHEMA_VERSION,
-        "run_id": resolved.run_id,
-        "created_utc": records.utc_now(),
-        "status": "failed",
-        "error": None,
-        "method": {
+    return records.new_record(
+        resolved.run_id,
+        method={
             "name": method.name,
             "version": method.version,
             "config": method.config.to_dict(),
@@ -135,7 +127,7 @@ def empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
             "attributes_through": method.attributes_through,
             "self_influence_definition": method.self_influence_definition,
         },
-        "task": {
+        task={
             "name": task.name,
             "version": task.version,
             "variant": task.config.variant,
@@ -144,18 +136,11 @@ def empty_record(resolved: ResolvedSpec) -> dict[str, Any]:
             "seed": resolved.spec.seed,
             "n_train": None,
             "n_test": None,
+            "n_explained": None,
             "num_classes": None,
             "model": None,
         },
-        "metrics": {},
-        "timings": {},
-        "memory": {},
-        "sparsity": None,
-        "explanation_error": None,
-        "diagnostics": {},
-        "git": records.git_info(),
-        "environment": records.environment(),
-    }
+    )
 
 
 @dataclasses.dataclass
@@ -193,7 +178,7 @@ def set_up(task: Task, seed: int, cache_dir: str | os.PathLike[str]) -> RunSetup
     return RunSetup(data=data, model=model, model_info=model_info, device=device, cache=cache)
 
 
-def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
+def _run(resolved: ResolvedSpec, record: records.Record) -> None:
     import torch
 
     spec, task, method = resolved.spec, resolved.task, resolved.method
@@ -219,19 +204,18 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     test_x = data.test.x
     targets = predict(model, test_x, spec.timing.batch_size)
     test_accuracy = float((targets == data.test.y).to(torch.float64).mean())
-    record["task"].update(
-        n_train=len(data.train),
-        n_test=n_test_total,
-        n_explained=len(data.test),
-        num_classes=data.num_classes,
-        model={
-            "key": model_info["key"],
-            "cached": model_info["cached"],
-            "test_accuracy": test_accuracy,
-            "history": model_info["history"],
-        },
-    )
-    timings: dict[str, Any] = {"model_s": model_info["seconds"]}
+    section = record["task"]
+    section["n_train"] = len(data.train)
+    section["n_test"] = n_test_total
+    section["n_explained"] = len(data.test)
+    section["num_classes"] = data.num_classes
+    section["model"] = {
+        "key": model_info["key"],
+        "cached": model_info["cached"],
+        "test_accuracy": test_accuracy,
+        "history": model_info["history"],
+    }
+    timings: records.Timings = {"model_s": model_info["seconds"]}
     record["timings"] = timings
 
     # --- warm-up: one-off process costs (kernel compilation, library imports), timed apart so
@@ -258,10 +242,8 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     method = warm_method  # explain with the instance that loaded from cache
     # Facts a method learns only while fitting (e.g. the modules EK-FAC tracked) replace what the
     # record copied from the class before the fit.
-    record["method"].update(
-        attributes_through=method.attributes_through,
-        self_influence_definition=method.self_influence_definition,
-    )
+    record["method"]["attributes_through"] = method.attributes_through
+    record["method"]["self_influence_definition"] = method.self_influence_definition
 
     # --- explain: warm-up, then timed passes over all test points, in the method's own batch
     # where its settings prescribe one (the paper's explain batch is part of the measured cost).
@@ -286,8 +268,13 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
     record["explanation_error"] = problem
     if problem:  # a run whose explanations are not attributions has no number worth recording
         raise ExplanationError(problem)
+    per_point = stats.to_dict()
     timings["explain"] = {
-        **{f"per_point_{k}": v for k, v in stats.to_dict().items() if k != "repeats"},
+        "per_point_median_s": per_point["median_s"],
+        "per_point_min_s": per_point["min_s"],
+        "per_point_max_s": per_point["max_s"],
+        "per_point_iqr_s": per_point["iqr_s"],
+        "per_point_all_s": per_point["all_s"],
         "repeats": spec.timing.repeats,
         "n_points": len(test_x),
         "timed_points": timed_points,
@@ -299,7 +286,7 @@ def _run(resolved: ResolvedSpec, record: dict[str, Any]) -> None:
         "extrapolated": len(test_x) < n_test_total,
     }
     record["memory"]["explain"] = explain_memory.to_dict()
-    record["sparsity"] = sparsity_summary(explanations, device=device)
+    record["sparsity"] = cast(records.Sparsity, sparsity_summary(explanations, device=device))
 
     # --- self-influence where supported and a metric reads it (it can cost as much as explaining
     # the whole training set, e.g. EK-FAC or LiSSA).
@@ -350,8 +337,8 @@ def _run_metric(
     ctx: MetricContext,
     variant: str,
     supports: frozenset[str],
-) -> tuple[dict[str, Any], float | None]:
-    entry: dict[str, Any] = {
+) -> tuple[records.MetricEntry, float | None]:
+    entry: records.MetricEntry = {
         "value": None,
         "direction": metric.direction,
         "version": metric.version,
@@ -368,14 +355,12 @@ def _run_metric(
     except Exception as err:  # recorded; the other metrics go on
         level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
         log.log(level, "metric %s failed: %s", metric.name, err)
-        entry["error"] = {
-            "type": type(err).__name__,
-            "message": str(err),
-            "traceback": traceback.format_exc(),
-        }
+        entry["error"] = records.error_info(err, traceback_text=traceback.format_exc())
         return entry, None
-    per_point = None if result.per_point is None else [float(v) for v in result.per_point]
-    entry.update(value=float(result.value), details=result.details, per_point=per_point, status="ok")
+    entry["value"] = float(result.value)
+    entry["details"] = result.details
+    entry["per_point"] = None if result.per_point is None else [float(v) for v in result.per_point]
+    entry["status"] = "ok"
     return entry, timing.seconds
 
 

@@ -14,14 +14,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import evidence
 from harness.paper_numbers import PAPER_METRICS, REFERENCE_METHOD, format_c, paper_name
-from harness.records import scan_records
+from harness.records import Record, scan_records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,14 +56,14 @@ class Runs:
     """
 
     frame: pd.DataFrame
-    records: list[dict[str, Any]]
+    records: list[Record]
     n_failed: int = 0
     #: ``(run_id, metric)`` of metrics a record calls "ok" whose value is not a finite number (never shown).
     unusable_metrics: list[tuple[str, str]] = field(default_factory=list)
     #: ``(path, reason)`` of record files that could not be read (never shown; their runs rerun).
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     #: The failed records (listed with what broke, never in a table).
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[Record] = field(default_factory=list)
     #: Short label (the ``method`` column) -> the record's full label (``method_label``).
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -202,7 +202,7 @@ def short_labels(methods: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str
     return {label: text if texts.count(text) == 1 else label for label, text in short.items()}
 
 
-def _task_setting_hash(task: dict[str, Any]) -> str:
+def _task_setting_hash(task: Mapping[str, Any]) -> str:
     config = {k: v for k, v in (task.get("config") or {}).items() if k not in TASK_KEYS_IGNORED}
     blob = json.dumps([task["name"], task.get("version"), config], sort_keys=True, default=str)
     return hashlib.blake2b(blob.encode(), digest_size=4).hexdigest()
@@ -255,11 +255,12 @@ def load_runs(records_dir: str | Path) -> Runs:
     )
 
 
-def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, Any]:
+def _run_row(rec: Record, unusable: list[tuple[str, str]]) -> dict[str, Any]:
     """One row of :class:`Runs`' frame from an ok record (appends its non-finite metrics to ``unusable``)."""
     task, method, timings = rec["task"], rec["method"], rec["timings"]
-    explain = timings.get("explain") or {}
-    fit = timings.get("fit") or {}
+    # read defensively: a record of a valid schema can still hold broken content (load_runs names it)
+    explain: dict[str, Any] = dict(timings.get("explain") or {})
+    fit: dict[str, Any] = dict(timings.get("fit") or {})
     metrics = {n: e for n, e in rec["metrics"].items() if e.get("status") == "ok" and _finite(e.get("value"))}
     unusable += [
         (rec["run_id"], n)
@@ -295,7 +296,7 @@ def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, 
         "n_explained": n_explained,
         "n_test_total": explain.get("n_test_total", task["n_test"]),
         "explain_extrapolated": bool(explain.get("extrapolated", False)),
-        "metrics": {n: float(e["value"]) for n, e in metrics.items()},
+        "metrics": {n: as_number(e["value"]) for n, e in metrics.items()},
         "per_point": {n: e.get("per_point") for n, e in metrics.items()},
         "directions": {n: e["direction"] for n, e in metrics.items()},
         "details": {n: e.get("details") or {} for n, e in metrics.items()},
@@ -309,10 +310,10 @@ def _run_row(rec: dict[str, Any], unusable: list[tuple[str, str]]) -> dict[str, 
     }
 
 
-def failure_line(rec: dict[str, Any]) -> str:
+def failure_line(rec: Record) -> str:
     """``method on task/variant (n_train, seed): what broke``, one line, from a failed record."""
     method, task = rec["method"], rec["task"]
-    error = rec.get("error") or {}
+    error: dict[str, Any] = dict(rec.get("error") or {})
     message = str(error.get("message") or "no error message").strip().splitlines() or [""]
     where = (
         f"{task.get('name')}/{task.get('variant', STD)} n_train={task.get('n_train')} seed={task.get('seed')}"
@@ -335,7 +336,7 @@ def _explain_spent(explain: dict[str, Any]) -> float:
     per_point = as_number(explain.get("per_point_median_s"))
     n_points, repeats = explain.get("n_points"), explain.get("repeats") or 1
     timed = explain.get("timed_points") or n_points
-    if math.isnan(per_point) or not isinstance(n_points, int):
+    if math.isnan(per_point) or not isinstance(n_points, int) or not isinstance(timed, int):
         return math.nan
     return per_point * (n_points + (repeats - 1) * timed)
 
@@ -390,7 +391,7 @@ class Table:
 
     def per_setting(self) -> list[tuple[str, pd.DataFrame]]:
         """``(setting, display table without the setting columns and without all-empty columns)``."""
-        out = []
+        out: list[tuple[str, pd.DataFrame]] = []
         if self.display.empty:
             return out
         for setting in settings_of(self.frame):  # the numbers sort by size, their text would not

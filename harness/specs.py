@@ -16,6 +16,9 @@ from harness.config import Config, ConfigError, option, parse_key_values, stable
 from harness.protocols import Method, Metric, Task
 from harness.registry import METHODS, METRICS, TASKS
 
+#: The folder of a results directory that holds the run records.
+RECORDS_FOLDER = "records"
+
 
 # =============================================================================================
 # Specs
@@ -137,8 +140,9 @@ class ResolvedSpec:
             length=20,
         )
 
-    def record_path(self) -> Path:
-        return Path(self.spec.results_dir) / "records" / f"{self.run_id}.json"
+    def records_dir(self) -> Path:
+        """The folder of this run's records (each computation of it adds one: :mod:`harness.records`)."""
+        return Path(self.spec.results_dir) / RECORDS_FOLDER
 
 
 # =============================================================================================

@@ -165,7 +165,8 @@ def _grid(
                             metrics=metric_specs,
                             seed=seed,
                             timing=timing,
-                            **options.paths,
+                            results_dir=options.paths.get("results_dir", "results"),
+                            cache_dir=options.paths.get("cache_dir", "cache"),
                         )
                     )
     return specs

@@ -12,9 +12,9 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 R = TypeVar("R")
 
@@ -46,6 +46,16 @@ def _status_mb(field_name: str) -> float | None:
     return None
 
 
+class MemoryFacts(TypedDict):
+    """A :class:`MemoryReading` in a record, in MiB (``harness.records.MemoryReading``)."""
+
+    rss_start_mb: float | None
+    rss_peak_mb: float | None
+    rss_increase_mb: float | None
+    rss_peak_scope: str  #: "phase" when the high-water mark was reset before the phase, else "process"
+    cuda_peak_mb: float | None
+
+
 @dataclass
 class MemoryReading:
     rss_start_mb: float | None = None
@@ -60,8 +70,14 @@ class MemoryReading:
             return None
         return max(0.0, self.rss_peak_mb - self.rss_start_mb)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rss_increase_mb": self.rss_increase_mb}
+    def to_dict(self) -> MemoryFacts:
+        return {
+            "rss_start_mb": self.rss_start_mb,
+            "rss_peak_mb": self.rss_peak_mb,
+            "rss_increase_mb": self.rss_increase_mb,
+            "rss_peak_scope": self.rss_peak_scope,
+            "cuda_peak_mb": self.cuda_peak_mb,
+        }
 
 
 @contextmanager
@@ -75,16 +91,16 @@ def peak_memory() -> Iterator[MemoryReading]:
         reading.rss_peak_scope = "phase"
     except OSError:
         reading.rss_peak_scope = "process"
-    torch = sys.modules.get("torch")
-    cuda = torch is not None and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    torch = sys.modules.get("torch")  # only when loaded: measuring must not import torch
+    cuda = torch.cuda if torch is not None and torch.cuda.is_available() else None
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
     try:
         yield reading
     finally:
         reading.rss_peak_mb = _status_mb("VmHWM")
-        if cuda:
-            reading.cuda_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        if cuda is not None:
+            reading.cuda_peak_mb = cuda.max_memory_allocated() / 2**20
 
 
 @dataclass

@@ -26,7 +26,7 @@ from harness.runner import ComponentSpec, RunSpec, TimingConfig
 PROJECT = Path(__file__).resolve().parent.parent
 
 #: Record keys that legitimately differ between two executions of the same run.
-VOLATILE = {"created_utc", "timings", "memory", "environment", "git"}
+VOLATILE = {"created_utc", "record_id", "timings", "memory", "environment", "git", "machine"}
 
 
 def _specs(root: Path, methods=("random", "feature_similarity", "dualda")) -> list[RunSpec]:
@@ -43,8 +43,7 @@ def _specs(root: Path, methods=("random", "feature_similarity", "dualda")) -> li
     ]
 
 
-def _comparable(path: Path) -> dict:
-    record = records.read_record(path)
+def _comparable(record: records.Record) -> dict:
     task = dict(record["task"])
     model = dict(task.pop("model"))
     model.pop("cached", None)
@@ -63,7 +62,8 @@ def _comparable(path: Path) -> dict:
 
 
 def _records(root: Path) -> dict[str, dict]:
-    return {p.name: _comparable(p) for p in sorted((root / "results" / "records").glob("*.json"))}
+    found = [records.read_record(p) for p in (root / "results" / "records").glob("*.json")]
+    return {r["run_id"]: _comparable(r) for r in found}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_a_job_that_dies_gets_a_failed_record(tmp_path: Path) -> None:
     (path,) = dispatch(items, config, job=lambda spec: os._exit(3))  # the process dies, writing nothing
     record = records.read_record(path)
     assert record["status"] == "failed" and "job" in record["error"]["message"]
-    assert path == items[0].record_path().absolute()
+    assert path.parent == items[0].records_dir().absolute() and path.stem == record["record_id"]
 
 
 def test_concurrent_writers_compute_a_cache_entry_once(tmp_path: Path) -> None:

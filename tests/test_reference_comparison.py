@@ -79,7 +79,7 @@ def perturbed(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         if rec["timings"]["fit"]["cold_s"] is not None:
             rec["timings"]["fit"]["cold_s"] *= 3.0
         changes[seed] = shift
-        records.write_record(rec, path.parent)
+        path.write_text(json.dumps(rec))  # the test edits the copy in place
     return run, changes
 
 
@@ -130,7 +130,7 @@ def test_one_seed_without_per_point_scores_has_no_interval(reference: Path, tmp_
             continue
         rec["metrics"]["sparsity"]["per_point"] = None
         rec["metrics"]["sparsity"]["value"] += 0.1
-        records.write_record(rec, path.parent)
+        path.write_text(json.dumps(rec))  # the test edits the copy in place
     report = build_report(run, tmp_path / "tables", figures=False, html=False, reference_dir=reference)
     frame = report.table("vs_reference").frame
     assert np.allclose(frame["difference"], 0.1)
@@ -143,6 +143,7 @@ def test_unmatched_runs_give_one_note_and_no_table(reference: Path, tmp_path: Pa
     for path in (run / "records").glob("*.json"):
         rec = json.loads(path.read_text())
         rec["run_id"] = "other-" + rec["run_id"]
+        rec["record_id"] = "other-" + rec["record_id"]
         rec["task"]["n_train"] = 96  # another size
         path.unlink()
         records.write_record(rec, path.parent)

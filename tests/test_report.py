@@ -68,6 +68,7 @@ def _synthetic(template: dict, label: str, *, variant: str, seed: int = 0, n_tra
     rec["run_id"] = (
         f"syn-{label}-{variant}-{seed}-{n_train}".replace("(", "").replace(")", "").replace("=", "")
     )
+    rec["record_id"] = f"{rec['run_id']}-synthetic"
     rec["task"].update(name="mnist", variant=variant, seed=seed, n_train=n_train)
     rec["task"]["config"] = {**rec["task"]["config"], "variant": variant}
     rec["method"].update(name=name, label=label, config=dict(config), config_hash=label)
@@ -144,7 +145,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             rec["timings"]["explain"]["per_point_median_s"] = TIMES[label][0][2] * (n / SIZES[0]) ** exponent
             records.write_record(rec, out)
     failed = copy.deepcopy(template)
-    failed.update(run_id="syn-failed", status="failed", error={"type": "RuntimeError", "message": "x"})
+    failed.update(
+        run_id="syn-failed",
+        record_id="syn-failed-1",
+        status="failed",
+        error={"type": "RuntimeError", "message": "x"},
+    )
     records.write_record(failed, out)
     return root
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from harness.records import environment, git_info, machine, utc_now
+from harness.records import GitInfo, MachineInfo, environment, git_info, machine, utc_now
 from xda.results import XDARecord
 
 if TYPE_CHECKING:
@@ -72,18 +72,6 @@ class FileNames(TypedDict):
     pdf: str
 
 
-class GitFacts(TypedDict):
-    commit: str | None
-    dirty: bool | None
-
-
-class MachineFacts(TypedDict):
-    """:func:`harness.records.machine`: a stable id of the host, and its name (as in a run record)."""
-
-    id: str | None
-    hostname: str | None
-
-
 class XDADocument(TypedDict):
     """Everything ``dabench xda`` records about one explained test point."""
 
@@ -99,9 +87,9 @@ class XDADocument(TypedDict):
     shortcut: Shortcut | None
     xda: XDARecord
     files: FileNames
-    git: GitFacts
+    git: GitInfo
     environment: dict[str, Any]
-    machine: MachineFacts
+    machine: MachineInfo  #: as in a run record: a stable id of the host, and its name
 
 
 def build_document(
