@@ -7,6 +7,7 @@ at once; torch, quanda and the method modules load when a run needs them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -364,7 +365,6 @@ def _specs_from_args(args: argparse.Namespace) -> list[Any]:
 
 
 def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
-    import dataclasses
 
     from harness.grid import run_grid
 
@@ -448,8 +448,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from harness.suites import SuiteOptions, get_suite
 
     task_options = parse_key_values(args.task_option, "--task-option")
@@ -470,9 +468,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
     overrides = _timing_overrides(args)
     if overrides:
         specs = [dataclasses.replace(s, timing=dataclasses.replace(s.timing, **overrides)) for s in specs]
-    _check_report_folders(argparse.Namespace(results_dir=args.results_dir))  # before the runs, not after
+    report = ReportOptions(results_dir=args.results_dir)
+    report.check_folders()  # before the runs, not after
     status = _run_specs(specs, args)
-    cmd_report(argparse.Namespace(results_dir=args.results_dir, out=None))
+    write_report(report)
     return status
 
 
@@ -695,35 +694,62 @@ def _print_failures(report: Any) -> None:
         print(textwrap.fill(failure_line(rec), width=100, initial_indent="- ", subsequent_indent="    "))
 
 
-def _check_report_folders(args: argparse.Namespace) -> None:
-    """The report's output folders are writable folders (one-line error, exit 2, before any work)."""
-    from harness.grid import check_writable_folder
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+    """Where ``dabench report`` (and the report at the end of ``dabench suite``) reads and writes."""
 
-    results = Path(args.results_dir)
-    check_writable_folder(getattr(args, "out", None) or results / "tables", "report")
-    if not getattr(args, "no_figures", False):
-        check_writable_folder(getattr(args, "figures_out", None) or results / "figures", "report")
-        html = getattr(args, "html", None)
-        check_writable_folder(Path(html).parent if html else results, "report")
+    results_dir: str
+    out: str | None = None  #: the tables' folder (None: <results>/tables)
+    figures_out: str | None = None  #: the figures' folder (None: <results>/figures)
+    html: str | None = None  #: the HTML page (None: <results>/report.html)
+    figures: bool = True  #: figures and the HTML page (False: tables only)
+    reference: str | None = None  #: the reference results (None: results/reference/default)
+    compare_reference: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReportOptions:
+        return cls(
+            results_dir=args.results_dir,
+            out=args.out,
+            figures_out=args.figures_out,
+            html=args.html,
+            figures=not args.no_figures,
+            reference=args.reference,
+            compare_reference=not args.no_reference,
+        )
+
+    def check_folders(self) -> None:
+        """The report's output folders are writable folders (one-line error, exit 2, before any work)."""
+        from harness.grid import check_writable_folder
+
+        results = Path(self.results_dir)
+        check_writable_folder(self.out or results / "tables", "report")
+        if self.figures:
+            check_writable_folder(self.figures_out or results / "figures", "report")
+            check_writable_folder(Path(self.html).parent if self.html else results, "report")
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def write_report(options: ReportOptions) -> int:
+    """Build the report of ``options.results_dir`` and print its console summary; returns 0."""
     from dabench.report import build_report
 
-    no_figures = getattr(args, "no_figures", False)  # cmd_suite calls with results_dir and out only
-    _check_report_folders(args)
+    options.check_folders()
     report = build_report(
-        args.results_dir,
-        args.out,
-        figures_dir=getattr(args, "figures_out", None),
-        html_path=getattr(args, "html", None),
-        figures=not no_figures,
-        html=not no_figures,
-        reference_dir=getattr(args, "reference", None),
-        compare_reference=not getattr(args, "no_reference", False),
+        options.results_dir,
+        options.out,
+        figures_dir=options.figures_out,
+        html_path=options.html,
+        figures=options.figures,
+        html=options.figures,
+        reference_dir=options.reference,
+        compare_reference=options.compare_reference,
     )
     _print_summary(report)
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return write_report(ReportOptions.from_args(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

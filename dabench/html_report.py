@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.report import label_footnote
+from harness.table_format import label_footnote
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,10 +3,9 @@
 The engine half of ``dabench report``: :func:`dabench.report.build_report` calls these and adds the
 figures and the HTML page. Records are read by :func:`harness.runs.load_runs`.
 
-Every number here comes from the records under ``<results>/records`` (:func:`harness.records.iter_records`)
-except the paper's Figure-1 numbers set beside them (:mod:`harness.paper_numbers`). Written under
-``<results>/tables/`` as CSV (one long table, numbers unrounded), Markdown and LaTeX (one table per
-setting, numbers to 4 significant digits):
+Every number here comes from the records under ``<results>/records`` except the paper's Figure-1 numbers
+set beside them (:mod:`harness.paper_numbers`). Written under ``<results>/tables/`` as CSV (one long
+table, numbers unrounded), Markdown and LaTeX (one table per setting, numbers to 4 significant digits):
 
 ``summary``
     One row per (task, variant, n_train, n_test, method label, config hash): metric values and
@@ -33,8 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +49,6 @@ from harness.paper_numbers import (
     figure1,
     format_c,
 )
-from harness.records import Record, iter_records
 from harness.runs import (
     MISSING,
     SETTING_COLUMNS,
@@ -67,6 +64,7 @@ from harness.runs import (
     setting_columns,
     settings_of,
 )
+from harness.table_format import label_footnote, latex_tabular, write_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -881,41 +879,30 @@ def _doc_definition(function: Any) -> str:
 # =============================================================================================
 # The summary table (one row per run configuration) — what `dabench report` has always shown
 # =============================================================================================
-def _summary_rows(records: Iterable[Record], short: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """One row per ok record: ``method`` is ``short[label]`` (default: the label), ``method_label``."""
-    short = short or {}
+def _summary_rows(runs: Runs) -> list[dict[str, Any]]:
+    """One row per ok run, read off :class:`Runs`' frame (``method``: the short label; ``method_label``)."""
     rows: list[dict[str, Any]] = []
-    for rec in records:
-        if rec["status"] != "ok":
-            continue
+    for run in runs.frame.to_dict("records") if not runs.empty else []:
         row: dict[str, Any] = {
-            "task": rec["task"]["name"],
-            "variant": rec["task"]["variant"],
-            "n_train": rec["task"]["n_train"],
-            "n_test": rec["task"]["n_test"],
-            "method": short.get(rec["method"]["label"], rec["method"]["label"]),
-            "method_label": rec["method"]["label"],
-            "config_hash": rec["method"]["config_hash"],
-            "seed": rec["task"]["seed"],
-            "model_test_acc": (rec["task"]["model"] or {"test_accuracy": None})["test_accuracy"],
-            "fit_cold_s": rec["timings"]["fit"]["cold_s"],
-            "fit_warm_s": rec["timings"]["fit"]["warm_s"],
-            "explain_ms_per_point": 1e3 * rec["timings"]["explain"]["per_point_median_s"],
-            "explain_total_s": rec["timings"]["explain"]["total_s"],
-            "n_explained": rec["timings"]["explain"]["n_points"],
+            "task": run["task"],
+            "variant": run["variant"],
+            "n_train": run["n_train"],
+            "n_test": run["n_test"],
+            "method": run["method"],
+            "method_label": run["method_label"],
+            "config_hash": run["config_hash"],
+            "seed": run["seed"],
+            "model_test_acc": run["model"].get("test_accuracy"),
+            "fit_cold_s": run["fit_cold_s"],
+            "fit_warm_s": run["fit_warm_s"],
+            "explain_ms_per_point": 1e3 * run["explain_s_per_point"],
+            "explain_total_s": run["explain_total_s"],
+            "n_explained": run["n_explained"],
         }
-        for name, entry in rec["metrics"].items():
-            if entry["status"] == "ok":
-                row[f"{name} {ARROWS[entry['direction']]}"] = entry["value"]
+        for name, value in run["metrics"].items():
+            row[f"{name} {ARROWS[run['directions'][name]]}"] = value
         rows.append(row)
     return rows
-
-
-def records_frame(records_dir: str | Path) -> pd.DataFrame:
-    """One row per successful record, flattened: ids, metrics and timings."""
-    import pandas as pd
-
-    return pd.DataFrame(_summary_rows(iter_records(records_dir)))
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -949,96 +936,6 @@ def _summary_markdown(table: pd.DataFrame) -> str:
             " config sharing the same inputs), so no cold fit was measured for that row."
         )
     return markdown
-
-
-# =============================================================================================
-# Writers: CSV, Markdown, LaTeX
-# =============================================================================================
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "↑": r"$\uparrow$",
-    "↓": r"$\downarrow$",
-    "—": "--",
-}
-_LATEX_PATTERN = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
-
-
-def latex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped and the arrows and dash spelled for LaTeX."""
-    return _LATEX_PATTERN.sub(lambda m: _LATEX_SPECIAL[m.group(0)], text)
-
-
-def latex_tabular(display: pd.DataFrame, numeric: Sequence[bool] | None = None) -> str:
-    """A booktabs ``tabular`` of a text table, numeric columns right-aligned.
-
-    Needs ``\\usepackage{booktabs}`` in the document.
-    """
-    numeric = list(numeric) if numeric is not None else [False] * len(display.columns)
-    spec = "".join("r" if n else "l" for n in numeric)
-    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
-    lines.append(" & ".join(latex_escape(str(c)) for c in display.columns) + r" \\")
-    lines.append("\\midrule")
-    for row in display.itertuples(index=False):
-        lines.append(" & ".join(latex_escape(str(v)) for v in row) + r" \\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines)
-
-
-def _numeric_columns(table: Table, columns: Sequence[str]) -> list[bool]:
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
-
-    out = []
-    for column in columns:
-        series = table.frame[column] if column in table.frame.columns else None
-        out.append(series is not None and is_numeric_dtype(series) and not is_bool_dtype(series))
-    return out
-
-
-def table_markdown(table: Table) -> str:
-    parts = [f"## {table.title}", "", table.definition, ""]
-    for setting, part in table.per_setting():
-        parts += [f"### {setting}", "", part.to_markdown(index=False), ""]
-    if table.frame.empty:
-        parts += ["(no rows: the records hold nothing this table needs)", ""]
-    if table.notes or table.missing:
-        parts += ["Notes:", "", *[f"- {note}" for note in table.missing + table.notes], ""]
-    if table.labels:
-        parts += [label_footnote(table.labels), ""]
-    return "\n".join(parts)
-
-
-def table_latex(table: Table) -> str:
-    parts = [f"% {table.title} (dabench report; needs \\usepackage{{booktabs}})"]
-    for setting, part in table.per_setting():
-        caption = latex_escape(f"{table.title}: {setting}")
-        parts += [
-            "\\begin{table}[ht]",
-            "\\centering",
-            "\\small",
-            f"\\caption{{{caption}}}",
-            latex_tabular(part, _numeric_columns(table, part.columns)),
-            "\\end{table}",
-            "",
-        ]
-    return "\n".join(parts)
-
-
-def write_table(table: Table, out_dir: Path) -> list[Path]:
-    """``<name>.csv`` (numbers), ``<name>.md`` and ``<name>.tex`` (text) under ``out_dir``."""
-    paths = [out_dir / f"{table.name}.{ext}" for ext in ("csv", "md", "tex")]
-    table.frame.to_csv(paths[0], index=False)
-    paths[1].write_text(table_markdown(table) + "\n")
-    paths[2].write_text(table_latex(table) + "\n")
-    return paths
 
 
 # =============================================================================================
@@ -1080,14 +977,6 @@ def with_full_labels(table: Table, labels: dict[str, str]) -> Table:
     shown = sorted({m for m in table.frame["method"] if isinstance(m, str)})
     table.labels = {m: labels[m] for m in shown if m in labels and labels[m] != m}
     return table
-
-
-def label_footnote(labels: dict[str, str]) -> str:
-    """One line naming the full label of every short one in ``labels`` (empty when there is none)."""
-    if not labels:
-        return ""
-    pairs = "; ".join(f"{short} = {full}" for short, full in labels.items())
-    return f"Method labels (short = full; the CSV's method_label column): {pairs}."
 
 
 def derive_tables(runs: Runs) -> list[Table]:
@@ -1147,8 +1036,7 @@ def derive_report(
     runs = load_runs(_records_dir(results_dir))
     if runs.empty:
         raise FileNotFoundError(f"no successful records under {results_dir / 'records'}")
-    full_to_short = {label: text for text, label in runs.labels.items()}
-    summary = summary_table(pd.DataFrame(_summary_rows(runs.records, full_to_short)))
+    summary = summary_table(pd.DataFrame(_summary_rows(runs)))
     report = Report(runs, summary, _summary_markdown(summary), derive_tables(runs))
     if runs.unusable_metrics:
         run_id, metric = runs.unusable_metrics[0]
