@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from harness.evidence import Block
 
 log = logging.getLogger(__name__)
+
+#: How a metric's direction is shown beside its name in tables.
+ARROWS = {"higher": "↑", "lower": "↓"}
 
 STD = "std"
 #: Setting columns that lead every long table; the per-setting Markdown/LaTeX tables drop them.
@@ -437,3 +440,25 @@ def display_frame(frame: pd.DataFrame, formats: dict[str, str] | None = None) ->
 def metric_order(metrics: Iterable[str]) -> list[str]:
     metrics = set(metrics)
     return [m for m in PAPER_METRICS if m in metrics] + sorted(metrics - set(PAPER_METRICS))
+
+
+def merge_notes(notes: Sequence[tuple[str, str]]) -> list[str]:
+    """``(setting, message)`` pairs as one line per message, listing its settings (first-seen order)."""
+    merged: dict[str, list[str]] = {}
+    for setting, message in notes:
+        merged.setdefault(message, [])
+        if setting not in merged[message]:
+            merged[message].append(setting)
+    return [f"{message} ({'; '.join(settings)})." for message, settings in merged.items()]
+
+
+def nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def doc_definition(function: Any) -> str:
+    """The docstring of a table function without its first line's indentation, for the reports."""
+    lines = (function.__doc__ or "").strip().splitlines()
+    body = [lines[0]] + [line[4:] if line.startswith("    ") else line for line in lines[1:]]
+    return "\n".join(body)

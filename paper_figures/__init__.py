@@ -61,7 +61,8 @@ def draw_all(
         return drawn
     given = {table.name: table for table in tables or ()}
     if any(name not in given for name in TABLES_READ):
-        from harness.report import metric_values, rank_table, sparsity_table, speedup_table
+        from harness.cost_tables import sparsity_table, speedup_table
+        from harness.quality_tables import metric_values, rank_table
 
         values = metric_values(runs)
         derive = {

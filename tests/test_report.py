@@ -23,7 +23,8 @@ import pytest
 from dabench.report import build_report
 from harness import records
 from harness.paper_numbers import FIGURE1, format_c, paper_name
-from harness.report import Report, rank_metric, write_report
+from harness.quality_tables import rank_metric
+from harness.report import Report, write_report
 from harness.table_format import latex_escape
 
 # --- the synthetic "mnist" setting (n_train 48, the toy records' size): hand-set values -----------
