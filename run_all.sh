@@ -6,7 +6,7 @@
 #   ./run_all.sh --quick         the same grid on a smaller subset: a smoke run of the whole pipeline
 #   ./run_all.sh --suite NAME    another suite of harness/suites.py (full, scaling, methods, paper),
 #                                e.g. --suite paper --data-root DIR --executor slurm
-#   ./run_all.sh --tests [ARGS]  set up .venv, then run the test suite (ARGS go to pytest)
+#   ./run_all.sh --tests [ARGS]  set up .venv, then run every test, the slow ones too (ARGS go to pytest)
 #
 # Set-up creates .venv (or reuses it) and installs this project with its pinned dependencies
 # (pyproject.toml) into it; it reinstalls only when pyproject.toml changed. Environment:
@@ -61,6 +61,7 @@ done
 
 setup
 if [ "$mode" = tests ]; then
-    exec "$VENV/bin/python" -m pytest "${args[@]}"
+    # every test, the slow ones too (pyproject.toml deselects them for a bare `pytest`); a later -m wins
+    exec "$VENV/bin/python" -m pytest -m "" "${args[@]}"
 fi
 "$VENV/bin/dabench" suite "$suite" "${args[@]}"

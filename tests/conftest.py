@@ -7,9 +7,17 @@ import pytest
 # Heavy imports happen inside fixtures so that collecting the tests stays fast.
 
 
+#: Fixtures that train a real model: every test that uses one is slow (marked here, not by hand).
+TRAINING_FIXTURES = frozenset({"mnist_small_setup"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none here)")

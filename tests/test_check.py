@@ -21,6 +21,7 @@ from methods.random_baseline import RandomAttribution
 PROJECT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_registered_method_passes_the_contract(name: str, tmp_path: Path) -> None:
     results = check_method(name, workdir=tmp_path)

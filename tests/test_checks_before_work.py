@@ -31,6 +31,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], *phrases: str) -> N
         assert phrase in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_unusable_folders_stop_before_any_run(tmp_path: Path) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")

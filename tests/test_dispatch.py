@@ -74,6 +74,7 @@ def inline_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return _records(root)
 
 
+@pytest.mark.slow
 def test_local_executor_records_equal_inline(inline_records, tmp_path: Path) -> None:
     config = DispatchConfig(executor="local", folder=str(tmp_path / "jobs"), parallelism=2, poll_s=0.2)
     outcome = run_grid(_specs(tmp_path), dispatch=config)
@@ -96,6 +97,7 @@ def _slurm_up() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_slurm_executor_records_equal_inline(inline_records, tmp_path: Path) -> None:
     reason = _slurm_up()
     if reason is not None:
@@ -119,6 +121,7 @@ def test_slurm_executor_records_equal_inline(inline_records, tmp_path: Path) -> 
     assert logs, "submitit wrote no job logs"
 
 
+@pytest.mark.slow
 def test_failed_run_is_recorded_and_retry_failed_reruns_only_it(tmp_path: Path) -> None:
     # TRAK at the paper's lambda_reg 0 cannot invert Phi^T Phi on 48 points: its fit raises inside
     # the job (a DataError), which must become a failed record, not a failed grid
@@ -137,6 +140,7 @@ def test_failed_run_is_recorded_and_retry_failed_reruns_only_it(tmp_path: Path) 
     assert records.read_record(retried.failed[0])["created_utc"] > failed["created_utc"]
 
 
+@pytest.mark.slow
 def test_a_job_that_dies_gets_a_failed_record(tmp_path: Path) -> None:
     from harness.dispatch import dispatch
     from harness.grid import preflight
@@ -208,6 +212,7 @@ class Sleepy(RandomAttribution):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_local_jobs_stop_when_dabench_is_killed_or_interrupted(how: str, tmp_path: Path) -> None:
     """Issue 16: a killed or interrupted `dabench ... --executor local` left its jobs running (parent

@@ -364,6 +364,7 @@ def test_checkpoints_are_kept_every_n_epochs_and_after_the_last() -> None:
     assert 0.0 <= trained.history["val_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_runner_end_to_end_on_tiny_cifar(cifar: dict[str, object], tmp_path: Path) -> None:
     spec = RunSpec(
         task=ComponentSpec(

@@ -54,6 +54,7 @@ def _fake_awa2(root: Path, per_class: int = 12) -> None:
             Image.fromarray(pixels).save(base / "JPEGImages" / name / f"{name}_{10001 + i}.jpg")
 
 
+@pytest.mark.slow
 def test_paper_suite_end_to_end_on_fake_data(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _fake_cifar(data)

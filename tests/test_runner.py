@@ -152,6 +152,7 @@ def test_bad_input_is_a_one_line_error_with_no_files(args, message, tmp_path: Pa
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_grid_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     seeds = ",".join(str(s) for s in range(6))
     args = [

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_mypy_finds_no_error_in_the_engine(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")],
@@ -25,6 +28,7 @@ def test_mypy_finds_no_error_in_the_engine(tmp_path: Path) -> None:
     assert "Success: no issues found" in result.stdout
 
 
+@pytest.mark.slow
 def test_mypy_catches_a_reader_of_a_key_the_record_lacks(tmp_path: Path) -> None:
     reader = tmp_path / "reader.py"
     reader.write_text(

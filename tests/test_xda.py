@@ -302,6 +302,7 @@ def test_result_record_and_training_data_check(mnist_dualda) -> None:
 # =============================================================================================
 # ResNet: the canonizer path
 # =============================================================================================
+@pytest.mark.slow
 def test_resnet_canonizers_run_and_features_conserve(tmp_path: Path) -> None:
     from tasks.resnets import resnet18_cifar
 
@@ -416,6 +417,7 @@ def _mark_spec(root: Path) -> RunSpec:
     return RunSpec(task=task, method=ComponentSpec("random"), metrics=(), cache_dir=str(root / "cache"))
 
 
+@pytest.mark.slow
 def test_mark_command_writes_figure_and_record(mark_run, capsys) -> None:
     from tasks.variants import watermark_mask
 
