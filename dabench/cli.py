@@ -463,11 +463,11 @@ def cmd_suite(args: argparse.Namespace) -> int:
         task_options=task_options,
     )
     specs = get_suite(args.name, options, results_dir=args.results_dir, cache_dir=args.cache_dir)
-    if args.list:
-        return _list_suite(args.name, specs)
-    overrides = _timing_overrides(args)
+    overrides = _timing_overrides(args)  # before --list: --explain-limit changes which runs are planned
     if overrides:
         specs = [dataclasses.replace(s, timing=dataclasses.replace(s.timing, **overrides)) for s in specs]
+    if args.list:
+        return _list_suite(args.name, specs)
     report = ReportOptions(results_dir=args.results_dir)
     report.check_folders()  # before the runs, not after
     status = _run_specs(specs, args)

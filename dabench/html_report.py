@@ -196,6 +196,7 @@ def render_html(report: Report) -> str:
     machine, packages, commits = environment_frames(runs.records)
     sections = [
         ("speedup", "Speed-up"),
+        ("speedup_at_scale", "Speed-up at scale"),
         ("metrics", "Metrics"),
         ("ranks", "Ranks"),
         ("metric_health", "Metric health"),

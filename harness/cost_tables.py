@@ -1,14 +1,16 @@
 """The cost tables of a report: what explaining costs, how sparse it is, what the models are.
 
 ``speedup`` (the paper's Figure 1: the cost of explaining 2,000 test points, and DualDA's speed-up),
-``costs`` (seconds per phase), ``sparsity`` (l0_eps, Hoyer, support size) and ``models`` (the trained
-model of each variant), each derived from :class:`harness.runs.Runs` alone.
+``speedup_at_scale`` (the same at the largest training-set size, extrapolated from smaller sizes for the
+methods not measured there), ``costs`` (seconds per phase), ``sparsity`` (l0_eps, Hoyer, support size)
+and ``models`` (the trained model of each variant), each derived from :class:`harness.runs.Runs` alone.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from harness.paper_numbers import (
@@ -37,8 +39,6 @@ from harness.runs import (
 if TYPE_CHECKING:
     import pandas as pd
 
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,155 @@ def speedup_table(runs: Runs) -> Table:
         numbers,
         display,
         doc_definition(speedup_table),
+        merge_notes(notes),
+        merge_notes(missing),
+    )
+
+
+#: A method needs this many training-set sizes for its cost to be extrapolated to a larger one.
+MIN_SIZES_TO_EXTRAPOLATE = 2
+
+
+def fit_power_law(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """``(a, b)`` of the least-squares line ``log t = a + b log n`` (``t ~ n^b``; natural logs).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct sizes, or a time that is not a positive finite number.
+    """
+    import numpy as np
+
+    n, t = np.asarray(sizes, dtype=float), np.asarray(seconds, dtype=float)
+    if len(set(n.tolist())) < 2:
+        raise ValueError(f"a power law needs two or more distinct sizes, got {sorted(set(n.tolist()))}")
+    if not (np.isfinite(t).all() and (t > 0).all() and (n > 0).all()):
+        raise ValueError("a power law needs positive finite sizes and times")
+    b, a = np.polyfit(np.log(n), np.log(t), 1)
+    return float(a), float(b)
+
+
+def speedup_at_scale_table(runs: Runs) -> Table:
+    """The speed-up table at the largest training-set size of a task, extrapolated where not measured.
+
+    Runs of one task that differ only in the training-set size (same test-set size and task options)
+    form a family; its target size is the largest measured one (e.g. all 60,000 MNIST points). Per
+    method label (std variant, means over seeds):
+
+    - measured at the target size: ``cache_s`` and ``explain_ms_per_point`` as in ``speedup``;
+    - measured only at smaller sizes (at least two): each of the two is extrapolated separately along
+      its own power law ``t = exp(a) n^b``, fitted by least squares in log-log over those sizes
+      (``cache_exponent``, ``explain_exponent``; ``from_sizes`` lists them); ``how`` says
+      ``extrapolated``. A method measured at one smaller size only is left out (noted);
+    - ``total_2000_s``, ``speedup`` (against DualDA at C = 1e-3 at the target size), ``paper_total_s``
+      and ``ratio_to_paper`` (ours / the paper's Figure-1 total) as in ``speedup``.
+
+    Empty unless some family has two or more sizes: the table exists for measurements like the
+    paper-scale MNIST reference, where the slowest methods cannot run at the full size here.
+    """
+    import pandas as pd
+
+    columns = [
+        "method",
+        "paper_name",
+        "how",
+        "from_sizes",
+        "cache_s",
+        "cache_exponent",
+        "explain_ms_per_point",
+        "explain_exponent",
+        "total_2000_s",
+        "reference",
+        "speedup",
+        "paper_total_s",
+        "ratio_to_paper",
+    ]
+    notes: list[tuple[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    frame = runs.frame
+    std = frame[frame["variant"] == STD] if not frame.empty else frame
+    families: dict[tuple[Any, ...], pd.DataFrame] = {}
+    if not std.empty:
+        keys = [(k[0], k[2], k[3]) for k in std["setting_key"]]
+        for key in dict.fromkeys(keys):
+            families[key] = std[[k == key for k in keys]]
+    for part in families.values():
+        if part["n_train"].nunique() < MIN_SIZES_TO_EXTRAPOLATE:
+            continue
+        target = int(part["n_train"].max())
+        top = part[part["n_train"] == target]
+        setting, task = top["setting"].iloc[0], top["task"].iloc[0]
+        block = []
+        for method, group in part.groupby("method", sort=True):
+            per_size = []
+            for n, at in group.groupby("n_train", sort=True):
+                cold = at["fit_cold_s"].dropna()
+                cache_s = float(cold.mean()) if len(cold) else float(at["fit_warm_s"].mean())
+                per_size.append((int(n), cache_s, float(at["explain_s_per_point"].mean())))
+            row = {
+                **setting_columns(top.iloc[0]),
+                "method": method,
+                "method_label": group["method_label"].iloc[0],
+                "method_name": group["method_name"].iloc[0],
+                "C": group["C"].iloc[0],
+                "paper_name": group["paper_name"].iloc[0],
+                "from_sizes": ", ".join(f"{n:,}" for n, _, _ in per_size),
+            }
+            if per_size[-1][0] == target:
+                _, cache_s, per_point_s = per_size[-1]
+                row.update(how="measured", cache_exponent=math.nan, explain_exponent=math.nan)
+                row["from_sizes"] = f"{target:,}"
+            elif len(per_size) >= MIN_SIZES_TO_EXTRAPOLATE:
+                sizes = [n for n, _, _ in per_size]
+                try:
+                    a_cache, b_cache = fit_power_law(sizes, [c for _, c, _ in per_size])
+                    a_explain, b_explain = fit_power_law(sizes, [p for _, _, p in per_size])
+                except ValueError as err:
+                    notes.append((setting, f"{method}: not extrapolated ({err})"))
+                    continue
+                cache_s = math.exp(a_cache) * target**b_cache
+                per_point_s = math.exp(a_explain) * target**b_explain
+                row.update(how="extrapolated", cache_exponent=b_cache, explain_exponent=b_explain)
+            else:
+                notes.append(
+                    (setting, f"{method}: measured at {per_size[0][0]:,} points only, so not extrapolated")
+                )
+                continue
+            row.update(
+                cache_s=cache_s,
+                explain_ms_per_point=1e3 * per_point_s,
+                total_2000_s=cache_s + per_point_s * PAPER_N_TEST,
+            )
+            block.append(row)
+        if not block:
+            continue
+        ref = _reference_row(pd.DataFrame(block))
+        for row in block:
+            paper = figure1(task, row["paper_name"])
+            row["reference"] = ref["method"] if ref is not None else None
+            row["speedup"] = row["total_2000_s"] / ref["total_2000_s"] if ref is not None else math.nan
+            row["paper_total_s"] = paper[0] if paper else math.nan
+            row["ratio_to_paper"] = row["total_2000_s"] / paper[0] if paper else math.nan
+            del row["method_name"], row["C"], row["method_label"]
+        if any(r["how"] == "extrapolated" for r in block):
+            notes.append(
+                (
+                    setting,
+                    f"how = extrapolated: not measured at {target:,} training points here; cache time "
+                    "and per-point explain time each follow their own power law fitted over from_sizes",
+                )
+            )
+        rows += sorted(block, key=lambda r: r["total_2000_s"])
+    numbers = pd.DataFrame(rows, columns=[*SETTING_COLUMNS, *columns])
+    display = display_frame(numbers, {"n_train": "int"})
+    missing = [] if rows else [("all settings", "no task has records at two or more training-set sizes")]
+    return Table(
+        "speedup_at_scale",
+        f"Cost of explaining {PAPER_N_TEST:,} test points at the largest training-set size (extrapolated "
+        "where not measured)",
+        numbers,
+        display,
+        doc_definition(speedup_at_scale_table),
         merge_notes(notes),
         merge_notes(missing),
     )

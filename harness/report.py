@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.cost_tables import cost_table, models_table, sparsity_table, speedup_table
+from harness.cost_tables import (
+    cost_table,
+    models_table,
+    sparsity_table,
+    speedup_at_scale_table,
+    speedup_table,
+)
 from harness.quality_tables import (
     health_table,
     intervals_table,
@@ -161,10 +167,12 @@ def with_full_labels(table: Table, labels: dict[str, str]) -> Table:
 
 
 def derive_tables(runs: Runs) -> list[Table]:
-    """The speed-up, metric, rank, health, paper-agreement, interval, sparsity, model and cost tables."""
+    """The speed-up (measured; at scale), metric, rank, health, paper-agreement, interval, sparsity, model
+    and cost tables."""
     values = metric_values(runs)
     tables = [
         speedup_table(runs),
+        speedup_at_scale_table(runs),
         metric_table(runs, values),
         rank_table(runs, values),
         health_table(runs),

@@ -522,3 +522,36 @@ def test_a_non_finite_value_marked_ok_never_reaches_a_table(results: Path, tmp_p
     assert any(
         "not a finite number are not shown" in line and "class_detection" in line for line in report.missing
     )
+
+
+def test_speedup_at_scale_extrapolates_what_it_did_not_measure(
+    results: Path, tmp_path: Path
+) -> None:
+    """LiSSA's record at the largest size (384) removed: its cost comes from its power law over 48-192.
+
+    The synthetic times follow exact power laws (LiSSA's explain time ~ n, its warm fit constant), so
+    the extrapolation must give back the removed record's numbers; DualDA is measured at 384.
+    """
+    from harness.cost_tables import fit_power_law
+
+    copy_dir = tmp_path / "results"
+    shutil.copytree(results / "records", copy_dir / "records")
+    (removed,) = (copy_dir / "records").glob("syn-lissa-std-0-384*.json")
+    removed.unlink()
+    report = build_report(copy_dir, tmp_path / "tables", figures=False, html=False)
+    table = report.table("speedup_at_scale")
+    rows = {row["method"]: row for row in table.frame.to_dict("records")}
+    lissa, dualda = rows["LiSSA"], rows["DualDA C=1e-3"]
+    assert (lissa["how"], lissa["from_sizes"]) == ("extrapolated", "48, 96, 192")
+    assert lissa["explain_exponent"] == pytest.approx(1.0) and lissa["cache_exponent"] == pytest.approx(0.0)
+    assert lissa["explain_ms_per_point"] == pytest.approx(1e3 * 0.02 * 384 / 48)
+    assert lissa["cache_s"] == pytest.approx(0.5)
+    assert (dualda["how"], dualda["from_sizes"]) == ("measured", "384")
+    assert dualda["total_2000_s"] == pytest.approx(2.0 + 2000 * 1e-3 * math.sqrt(384 / 48))
+    assert lissa["speedup"] == pytest.approx(lissa["total_2000_s"] / dualda["total_2000_s"])
+    assert set(table.frame["n_train"]) == {384}
+    # methods measured at one smaller size only are named, not guessed
+    assert any("Random: measured at 48 points only" in note for note in table.notes)
+    assert fit_power_law([10, 100], [2.0, 20.0]) == pytest.approx((math.log(2.0) - math.log(10.0), 1.0))
+    with pytest.raises(ValueError, match="two or more distinct sizes"):
+        fit_power_law([10, 10], [1.0, 2.0])
