@@ -8,7 +8,8 @@ Explainable Data Attribution in Large AI Models" (arXiv 2402.12118, TMLR 2025); 
   training set, no normalisation) -> ``phi``;
 - the surrogate: a multi-class linear SVM (Crammer–Singer, bias appended as a constant feature 1
   and regularised) fitted on ``(phi(x_i), y_i)`` with ``y_i`` the labels the model was TRAINED on
-  (flipped ones in the corrupt variant) -> :func:`methods.cs_dual.solve_cs_dual`;
+  (flipped ones in the corrupt variant) -> :func:`methods.cs_dual.solve_cs_dual` (numba, CPU) or
+  :func:`methods.cs_dual_torch.solve_cs_dual_torch` (torch, on the features' device; see Solver);
 - ``alpha_i^m``: its dual variables -> ``alpha`` ``(n_train, k)``; a training point with
   ``alpha_i = 0`` is not a support vector;
 - attribution of training point i for test input x and target class c (the model's PREDICTED
@@ -28,6 +29,12 @@ points plus a matmul against the SUPPORT VECTORS only (``n_test x d x n_support`
 :meth:`DualDA.explain` scatters that into the harness' dense ``(n_test, n_train)`` matrix,
 :meth:`DualDA.explain_sparse` and :meth:`DualDA.explain_topk` do not.
 
+Solver. Where the features are on a CUDA device the dual is solved there by the torch solver,
+elsewhere by the numba solver; ``DABENCH_CS_SOLVER=numba|torch`` forces one (tests, benchmarks).
+Both stop on the same KKT test at the same ``tol``, so they reach the same optimum to that
+tolerance: the choice is not a config field and changes no run id or cache key (an entry solved by
+one is a hit for the other). ``diagnostics()["solver"]`` names the solver that computed alpha.
+
 Surrogate faithfulness (the paper's appendix) is measured on the training features at fit time and
 put in the record (:func:`methods._feature_kernel.surrogate_faithfulness`): cosine between the
 model's and the SVM's class weight vectors, Pearson correlation of their logits (the SVM's with its
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,6 +64,20 @@ log = logging.getLogger(__name__)
 #: The paper's C grid (its Figure 1 and tables).
 C_GRID = (1e-5, 1e-3, 1e-1)
 SELF_INFLUENCE = ("sq_norm", "norm", "alpha")
+#: Forces the Crammer–Singer solver: "numba" or "torch"; unset, empty or "auto": :func:`cs_solver`.
+SOLVER_ENV = "DABENCH_CS_SOLVER"
+SOLVERS = ("numba", "torch")
+
+
+def cs_solver(device: torch.device) -> str:
+    """The solver DualDA runs for features on ``device``: ``$DABENCH_CS_SOLVER`` if set, else
+    "torch" on a CUDA device and "numba" elsewhere."""
+    value = os.environ.get(SOLVER_ENV, "").strip().lower() or "auto"
+    if value == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "numba"
+    if value not in SOLVERS:
+        raise ConfigError(f"{SOLVER_ENV} must be one of auto, {', '.join(SOLVERS)} (or unset), got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,11 +180,17 @@ class DualDA(FeatureKernelMethod):
 
     # ----- lifecycle --------------------------------------------------------------------------
     def warm_up(self, device: torch.device) -> None:
-        """Compile the solver's numba kernels on a tiny problem (the first solve in a process would
-        otherwise pay it inside the timed fit: about 0.5-1 s against 0.01 s for a warm solve)."""
-        from methods.cs_dual import compile_kernels
+        """Prepare the solver that will run (:func:`cs_solver`) on a tiny problem: compile the numba
+        kernels (the first solve in a process would otherwise pay it inside the timed fit: about
+        0.5-1 s against 0.01 s for a warm solve), or run the torch solver's kernels once on ``device``."""
+        if cs_solver(device) == "torch":
+            from methods.cs_dual_torch import prepare
 
-        compile_kernels()
+            prepare(device)
+        else:
+            from methods.cs_dual import compile_kernels
+
+            compile_kernels()
 
     def solve(self, model: nn.Module, train: Split, phi: Tensor) -> Artefact:
         """The Crammer–Singer dual on ``(phi, train.y)``: alpha, the SVM's weights and bias, diagnostics.
@@ -176,27 +204,36 @@ class DualDA(FeatureKernelMethod):
         -------
         Artefact
             ``alpha`` ``(n_train, k)``, ``weights`` ``(k, d)``, ``bias`` ``(k,)`` (float64, CPU);
-            meta: the solver's time, iterations, convergence, KKT violation and objectives.
+            meta: the solver's name, time, iterations, convergence, KKT violation and objectives.
         """
-        from methods.cs_dual import solve_cs_dual
-
         cfg = self.config
-        log.info("dualda: %d training features of dimension %d; solving with C=%g", *phi.shape, cfg.C)
-        phi_np = phi.cpu().numpy()
-        labels = train.y.detach().cpu().long()
-        num_classes = _num_classes(model, labels)
-        solution = solve_cs_dual(
-            phi_np,
-            labels.numpy(),
-            C=cfg.C,
-            num_classes=num_classes,
-            tol=cfg.tol,
-            max_iter=cfg.max_iter,
-            shrinking=cfg.shrinking,
-            bias_scale=cfg.bias_scale,
-            seed=cfg.seed,
+        solver = cs_solver(phi.device)
+        log.info(
+            "dualda: %d training features of dimension %d; solving with C=%g (%s solver)",
+            *phi.shape,
+            cfg.C,
+            solver,
         )
+        labels = train.y.detach().cpu().long()
+        options: dict[str, Any] = {
+            "C": cfg.C,
+            "num_classes": _num_classes(model, labels),
+            "tol": cfg.tol,
+            "max_iter": cfg.max_iter,
+            "shrinking": cfg.shrinking,
+            "bias_scale": cfg.bias_scale,
+            "seed": cfg.seed,
+        }
+        if solver == "torch":
+            from methods.cs_dual_torch import solve_cs_dual_torch
+
+            solution = solve_cs_dual_torch(phi, labels.to(phi.device), **options)
+        else:
+            from methods.cs_dual import solve_cs_dual
+
+            solution = solve_cs_dual(phi.cpu().numpy(), labels.numpy(), **options)
         meta = {
+            "solver": solver,
             "solver_seconds": solution.seconds,
             "iterations": solution.iterations,
             "converged": solution.converged,
@@ -260,7 +297,10 @@ class DualDA(FeatureKernelMethod):
         return scores.to(torch.float32)
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"C": self.config.C, **super().diagnostics()}
+        info = {"C": self.config.C, **super().diagnostics()}
+        if self._fitted and "solver" not in info:
+            info["solver"] = "numba"  # cached before the torch solver existed: numba solved it
+        return info
 
 
 def _num_classes(model: nn.Module, labels: Tensor) -> int:
