@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p_run)
 
     p_suite = sub.add_parser("suite", help="run a named suite (harness/suites.py), then report")
-    p_suite.add_argument("name", help="default, quick, full, scaling, methods or paper (harness/suites.py)")
+    p_suite.add_argument(
+        "name", help="default, quick, full, scaling, methods, paper or gpu (harness/suites.py)"
+    )
     p_suite.add_argument("--data-root", default=None, help="folder of CIFAR-10 / AwA2 (the paper suite)")
     p_suite.add_argument("--n-train", type=int, default=None, help="override every task's training-set size")
     p_suite.add_argument("--n-test", type=int, default=None, help="override every task's test points")
@@ -280,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FOLDER",
         help="instead: one figure per benchmark across every benchmark file in FOLDER (FOLDER/history/)",
+    )
+    p_doctor = sub.add_parser(
+        "doctor",
+        help="what this machine offers; with --gpu, the GPU check (GPU tests, then `dabench suite gpu`)",
+    )
+    p_doctor.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run the tests marked gpu, then the gpu suite (the paper's MNIST speed-up grid, 20 explained "
+        "test points per method) into --results-dir, with its report",
+    )
+    p_doctor.add_argument("--results-dir", default="results/gpu-check", help="default results/gpu-check")
+    p_doctor.add_argument(
+        "--cache-dir",
+        default=os.environ.get("DABENCH_CACHE", "cache"),
+        help="default cache (or $DABENCH_CACHE)",
     )
     xda_command.add_parser(sub)
     return parser
@@ -804,6 +822,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressions and args.fail_on_regression else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print the machine's facts; with ``--gpu``, the GPU tests and the ``gpu`` suite (1 on a failure)."""
+    import subprocess
+
+    import torch
+
+    from harness.records import environment
+
+    facts = environment()
+    print(
+        f"python {facts['python']}, torch {facts['torch']}, {facts['cpu_count']} CPU cores ({facts['cpu']})"
+    )
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            print(f"cuda:{index} {props.name}, {props.total_memory / 2**30:.0f} GiB")
+    else:
+        print("no CUDA device: methods run on the CPU")
+    print(f"methods: {', '.join(METHODS.names())}")
+    if not args.gpu:
+        print("on a machine with a GPU, `dabench doctor --gpu` runs the GPU check")
+        return 0
+    if not torch.cuda.is_available():
+        raise ConfigError("--gpu needs a CUDA device and torch built with CUDA; this machine has none")
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    status = 0
+    if tests.is_dir():
+        print(f"GPU tests: {sys.executable} -m pytest -m gpu {tests}", flush=True)
+        status = subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(tests)])
+    else:
+        print("GPU tests: skipped (no tests/ folder beside this installation)")
+    suite = main(["suite", "gpu", "--results-dir", args.results_dir, "--cache-dir", args.cache_dir])
+    return 1 if status or suite else 0
+
+
 COMMANDS = {
     "list": cmd_list,
     "run": cmd_run,
@@ -812,6 +865,7 @@ COMMANDS = {
     "report": cmd_report,
     "bench": cmd_bench,
     "compare": cmd_compare,
+    "doctor": cmd_doctor,
     "xda": xda_command.run,
 }
 

@@ -11,6 +11,9 @@
   training points and 2,000 test points: the paper's size, for the speedup table at full scale.
 - ``scaling``: every method on MNIST std at four training-set sizes, 600 to 2,000 (cost vs N).
 - ``methods``: every method on 2,000 training and 100 test points, class detection only.
+- ``gpu``: the paper's MNIST speed-up grid (every method at its ``paper()`` preset on all 60,000
+  training points) with each method explaining the first 20 of 2,000 test points: the first
+  measurement on a GPU, meant to finish in minutes (``dabench doctor --gpu`` runs it).
 - ``paper``: the paper's exact settings (``paper()`` presets of tasks, methods and metrics) on MNIST,
   CIFAR-10 and AwA2 (the latter two from ``--data-root``), all variants and metrics; meant for GPUs and
   ``--executor slurm``.
@@ -288,6 +291,30 @@ def paper(options: SuiteOptions) -> list[RunSpec]:
     )
 
 
+#: Test points each method explains in the ``gpu`` suite (the totals for 2,000 are extrapolated).
+GPU_EXPLAIN_LIMIT = 20
+
+
+def gpu(options: SuiteOptions) -> list[RunSpec]:
+    """The paper's MNIST speed-up grid for one GPU: paper presets, 60,000 training points, sparsity.
+
+    Every method explains the first :data:`GPU_EXPLAIN_LIMIT` of the paper's 2,000 test points (one
+    EK-FAC query batch, four LiSSA batches); a second pass times the first 5, rounded up to whole
+    explain batches. The speed-up table extrapolates the totals to 2,000 points and marks them.
+    """
+    return _grid(
+        options,
+        datasets=("mnist",),
+        variants=("std",),
+        methods=all_methods(),
+        n_train=None,
+        n_test=2000,
+        preset="paper",
+        timing=TimingConfig(repeats=2, timed_points=5, explain_limit=GPU_EXPLAIN_LIMIT),
+        metrics={"std": ("sparsity",)},
+    )
+
+
 SUITES: dict[str, Callable[[SuiteOptions], list[RunSpec]]] = {
     "default": default,
     "quick": quick,
@@ -295,6 +322,7 @@ SUITES: dict[str, Callable[[SuiteOptions], list[RunSpec]]] = {
     "scaling": scaling,
     "methods": methods,
     "paper": paper,
+    "gpu": gpu,
 }
 
 

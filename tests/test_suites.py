@@ -20,7 +20,7 @@ def test_every_spec_resolves(name: str) -> None:
     specs = get_suite(name, options)
     resolved = [spec.resolve() for spec in specs]
     assert len({r.run_id for r in resolved}) == len(specs), "two specs of one suite compute the same run"
-    preset = "paper" if name == "paper" else "quick"
+    preset = "paper" if name in ("paper", "gpu") else "quick"
     for r in resolved:
         config_cls = type(r.method.config)
         expected = config_cls.from_dict(dict(r.spec.method.overrides), base=config_cls.preset(preset))
@@ -151,3 +151,41 @@ def test_suites_derive_methods_and_sweeps_from_the_registry(monkeypatch) -> None
     source = (Path(__file__).resolve().parent.parent / "harness" / "suites.py").read_text()
     for name in METHODS.names():
         assert f'"{name}"' not in source, f"harness/suites.py names the method {name!r}"
+
+
+def test_gpu_suite_is_the_papers_mnist_speedup_grid_on_a_few_test_points() -> None:
+    from harness.suites import GPU_EXPLAIN_LIMIT
+
+    specs = get_suite("gpu")
+    resolved = [s.resolve() for s in specs]
+    assert {r.method.name for r in resolved} == set(all_methods())
+    assert len(specs) == len(all_methods()) + 2  # DualDA at the paper's three C
+    for spec, item in zip(specs, resolved, strict=True):
+        assert (spec.task.name, spec.task.preset, spec.method.preset) == ("mnist", "paper", "paper")
+        assert item.task.config.n_train is None and item.task.config.n_test == 2000
+        assert item.task.config.variant == "std" and [m.name for m in item.metrics] == ["sparsity"]
+        assert spec.timing.explain_limit == GPU_EXPLAIN_LIMIT == 20
+
+
+def test_doctor_without_a_gpu_says_so_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    plain = subprocess.run(
+        [sys.executable, "-m", "harness", "doctor"], capture_output=True, text=True, cwd=root, timeout=300
+    )
+    assert plain.returncode == 0 and "methods: " in plain.stdout
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: `dabench doctor --gpu` would run the whole check")
+    gpu = subprocess.run(
+        [sys.executable, "-m", "harness", "doctor", "--gpu"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
+    assert gpu.returncode == 2 and gpu.stderr.strip().count("\n") == 0
+    assert "--gpu needs a CUDA device" in gpu.stderr
