@@ -524,9 +524,7 @@ def test_a_non_finite_value_marked_ok_never_reaches_a_table(results: Path, tmp_p
     )
 
 
-def test_speedup_at_scale_extrapolates_what_it_did_not_measure(
-    results: Path, tmp_path: Path
-) -> None:
+def test_speedup_at_scale_extrapolates_what_it_did_not_measure(results: Path, tmp_path: Path) -> None:
     """LiSSA's record at the largest size (384) removed: its cost comes from its power law over 48-192.
 
     The synthetic times follow exact power laws (LiSSA's explain time ~ n, its warm fit constant), so
