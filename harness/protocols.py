@@ -2,7 +2,8 @@
 
 ``methods/`` and ``tasks/`` import this module (and :mod:`harness.config`, :mod:`harness.cache`)
 and nothing else of the harness; the runner talks to plug-ins only through these classes, so it
-never imports a concrete method or task.
+never imports a concrete method or task. A metric's :class:`Reader` says what it keeps of the
+explanations, which a run streams past it one chunk of test points at a time.
 
 Notation (DualXDA paper, ../shared/reference/dualxda-paper.md): a training set
 ``{(x_i, y_i)}_{i<N}``, a model ``f = classifier . features`` with penultimate features
@@ -19,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import harness.config
 from harness.config import Config, ConfigError, option
@@ -539,9 +540,81 @@ class Counterfactuals(ABC):
         """
 
 
+class Reader(ABC):
+    """What one metric keeps of the attribution matrix, which it sees one chunk of test points at a time.
+
+    A run never holds the whole ``(n_test, n_train)`` matrix: the runner explains the test points in
+    chunks (the method's explain batch), hands each chunk to every metric's reader
+    (:meth:`update`: in test order, every row exactly once) and drops it. The metric's
+    :meth:`Metric.compute` then reads what its reader kept (:meth:`MetricContext.read`): top-k
+    indices, a score per test point, a sum per training point, the sums over fixed training
+    subsets. Such summaries do not grow with ``n_test x n_train``; only :class:`WholeMatrix` does.
+    """
+
+    @abstractmethod
+    def update(self, rows: slice, chunk: Tensor) -> None:
+        """Take the attributions of the test points ``rows``.
+
+        Parameters
+        ----------
+        rows:
+            Positions in ``data.test`` (``step`` None).
+        chunk:
+            ``(len(rows), n_train)`` finite floating-point attributions (float32 as methods give
+            them), on the CPU; valid only during the call (the caller drops it).
+        """
+
+    @abstractmethod
+    def kept(self) -> str:
+        """What the reader keeps, in words, for the record (e.g. ``"top-5 indices per test point"``)."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of what the reader holds now (the record's ``explanations_kept``)."""
+
+
+class WholeMatrix(Reader):
+    """Keeps every row: the whole ``(n_test, n_train)`` matrix, as :attr:`matrix`.
+
+    For a metric that needs all of it at once (model randomization correlates each row with the
+    row of a second fit, computed after the run's explanations); it makes a run's memory grow with
+    ``n_test x n_train``. The default reader of a metric that declares none.
+    """
+
+    def __init__(self, n_rows: int) -> None:
+        self.n_rows = n_rows
+        self._matrix: Tensor | None = None
+
+    def update(self, rows: slice, chunk: Tensor) -> None:
+        if self._matrix is None:
+            self._matrix = chunk.new_empty((self.n_rows, chunk.shape[1]))
+        self._matrix[rows] = chunk  # a copy: the chunk may be a buffer its method fills again
+
+    @property
+    def matrix(self) -> Tensor:
+        """``(n_test, n_train)``: every row given to :meth:`update`."""
+        if self._matrix is None:
+            raise DataError("no explanations were read (no chunk was given to the reader)")
+        return self._matrix
+
+    def kept(self) -> str:
+        return "the whole matrix (n_test x n_train)"
+
+    def nbytes(self) -> int:
+        return 0 if self._matrix is None else self._matrix.element_size() * self._matrix.nelement()
+
+
+R = TypeVar("R", bound=Reader)
+
+
 @dataclass
 class MetricContext:
-    """Everything a metric may read. ``explanations`` rows follow ``data.test`` order.
+    """Everything a metric may read. Explanation rows follow ``data.test`` order.
+
+    The explanations come in one of two ways. In a run, ``explanations`` is None and ``streamed``
+    is the metric's own reader, which the runner fed with every chunk of the explanations; a caller
+    that holds the whole matrix (tests, a notebook) passes it as ``explanations`` instead. A metric
+    reads either the same way, through :meth:`read`.
 
     ``retrain`` retrains models on subsets of the training set (None where the harness offers
     none); ``explain_with`` fits a fresh instance of the run's method, with the run's config, on
@@ -551,13 +624,60 @@ class MetricContext:
 
     data: TaskData
     model: nn.Module
-    explanations: Tensor  # (n_test, n_train)
+    explanations: Tensor | None  # (n_test, n_train), or None in a run (see ``streamed``)
     targets: Tensor  # (n_test,) the model's predicted classes
     self_influence: Tensor | None  # (n_train,) or None when the method has none
     cache: Cache
     device: Any = None
     retrain: Counterfactuals | None = None
     explain_with: Callable[[nn.Module], Tensor] | None = None
+    #: The metric's reader after the runner fed it every chunk (None outside a run).
+    streamed: Reader | None = None
+
+    def read(self, metric: Metric, kind: type[R]) -> R:
+        """``metric``'s reader, of class ``kind``, after it has seen every test point's attributions.
+
+        In a run: ``streamed``. Otherwise a fresh ``metric.reader(self)`` fed the whole of
+        ``explanations`` (checked first: :meth:`check_explanations`).
+
+        Raises
+        ------
+        DataError
+            When there are no explanations to read, or the matrix held is malformed.
+        """
+        reader: Reader | None = self.streamed
+        if reader is None:
+            name = metric.name or type(metric).__name__
+            if self.explanations is None:
+                raise DataError(
+                    f"{name} reads explanations and the context holds none: run it through the harness "
+                    "(which streams them) or pass the (n_test, n_train) matrix as explanations"
+                )
+            self.check_explanations(name)
+            reader = metric.reader(self)
+            if reader is not None:
+                reader.update(slice(0, len(self.explanations)), self.explanations.detach())
+        if not isinstance(reader, kind):
+            raise TypeError(f"{metric.name!r} read a {type(reader).__name__}, expected a {kind.__name__}")
+        return reader
+
+    def check_explanations(self, name: str) -> None:
+        """Raise :class:`DataError` when the matrix held (if any) is not ``(n_test, n_train)`` and finite.
+
+        A run's chunks are checked by the runner as they come; this checks a matrix a caller passed.
+        """
+        import torch
+
+        if self.explanations is None:
+            return
+        expected = (len(self.data.test), len(self.data.train))
+        if tuple(self.explanations.shape) != expected:
+            raise DataError(
+                f"{name} needs explanations of shape (n_test, n_train) = {expected}; got "
+                f"{tuple(self.explanations.shape)}"
+            )
+        if not torch.isfinite(self.explanations).all():
+            raise DataError(f"{name} needs finite attributions; got NaN or infinite values")
 
 
 @dataclass
@@ -578,7 +698,11 @@ class MetricResult:
 
 
 class Metric(ABC):
-    """An evaluation metric with a declared direction and the variant it needs."""
+    """An evaluation metric with a declared direction and the variant it needs.
+
+    What a metric writes: :meth:`reader` (what it keeps of the explanations while a run streams
+    them) and :meth:`compute` (its value from what it kept, read through ``ctx.read(self, Kind)``).
+    """
 
     Config: ClassVar[type[Config]] = Config
     name: ClassVar[str] = ""
@@ -603,6 +727,16 @@ class Metric(ABC):
             raise CapabilityError(
                 f"metric {self.name!r} needs self-influence, which this method does not support"
             )
+
+    def reader(self, ctx: MetricContext) -> Reader | None:
+        """What this metric keeps of the explanations (None: it reads none), before any is seen.
+
+        ``ctx`` holds everything but the explanations and self-influence. Raise
+        :class:`DataError` here for data the metric cannot use (it is recorded as the metric's
+        failure; the run goes on). Default: the whole matrix (:class:`WholeMatrix`) for a metric
+        that reads explanations, which the runner then also passes as ``ctx.explanations``.
+        """
+        return WholeMatrix(len(ctx.data.test)) if "explanations" in self.needs else None
 
     @abstractmethod
     def compute(self, ctx: MetricContext) -> MetricResult:

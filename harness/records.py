@@ -14,7 +14,8 @@ ones stay on disk as the run's history (``scan_records(..., history=True)`` read
 Version 1 (records written before 2026-12-03: one ``<run_id>.json`` per run, overwritten by a
 rerun) is read through :func:`upgrade`, which adds what version 1 lacked: ``record_id`` (the run id
 plus ``-v1``), ``machine`` (unknown: ids and host None), ``explanation_error`` and
-``task.n_explained`` where absent, ``per_point`` None on metric entries that predate it.
+``task.n_explained`` where absent, ``per_point`` None on metric entries that predate it. Records of
+either version written before explanations were streamed get ``explanations_kept`` None.
 
 Loaders read keys from the JSON, never from file names.
 """
@@ -165,6 +166,19 @@ class Sparsity(TypedDict):
     hoyer: float
 
 
+class KeptByMetric(TypedDict):
+    kept: str  #: in words, e.g. "top-5 indices per test point"; "nothing" when it read no explanations
+    mb: float  #: MiB it held after the last chunk
+
+
+class ExplanationsKept(TypedDict):
+    """What a run kept of its explanations, which it streamed one chunk of test points at a time."""
+
+    chunk_rows: int  #: test points per chunk (the explain batch); the run held one chunk at a time
+    dense_mb: float  #: what the whole n_test x n_train float32 matrix would have taken, for scale
+    metrics: dict[str, KeptByMetric]
+
+
 class GitInfo(TypedDict):
     commit: str | None
     dirty: bool | None
@@ -192,6 +206,8 @@ class Record(TypedDict):
     sparsity: Sparsity | None  #: of the explanation matrix (None when the run did not get that far)
     #: None, or why the explanation matrix is unusable (wrong shape, NaN); the run then failed
     explanation_error: str | None
+    #: None in records written before explanations were streamed, and when a run failed before
+    explanations_kept: ExplanationsKept | None
     diagnostics: dict[str, Any]  #: method-specific numbers (e.g. support vectors)
     git: GitInfo
     machine: MachineInfo
@@ -235,6 +251,7 @@ def new_record(run_id: str, method: MethodSection, task: TaskSection) -> Record:
         "memory": {},
         "sparsity": None,
         "explanation_error": None,
+        "explanations_kept": None,
         "diagnostics": {},
         "git": git,
         "machine": host,
@@ -354,6 +371,8 @@ def upgrade(data: Any, where: str = "record") -> Record:
         )
     if version == 1:
         data = _from_version_1(data, where)
+    if "explanations_kept" not in data:  # version 2 records written before explanations were streamed
+        data = {**data, "explanations_kept": None}
     validate(data, where)
     return cast(Record, data)
 
@@ -366,6 +385,7 @@ def _from_version_1(data: dict[str, Any], where: str) -> dict[str, Any]:
     upgraded.setdefault("record_id", f"{data['run_id']}-v1")
     upgraded.setdefault("machine", {"id": None, "hostname": None})
     upgraded.setdefault("explanation_error", None)
+    upgraded.setdefault("explanations_kept", None)
     task = data["task"]
     if isinstance(task, dict):
         upgraded["task"] = {"n_explained": task.get("n_test"), **task}

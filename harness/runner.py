@@ -6,21 +6,29 @@ after a warm-up, over repeats), self-influence where supported, the metrics, pea
 JSON record written atomically. :mod:`harness.grid` runs many specs, skipping finished records;
 :mod:`harness.specs` defines the specs (re-exported here: ``ComponentSpec``, ``RunSpec``, ...).
 
+Explanations are streamed: the test points are explained one chunk (the explain batch) at a time,
+each chunk is checked, given to every metric's reader (:class:`harness.protocols.Reader`: what the
+metric keeps, e.g. top-k indices) and to the record's sparsity summary, and dropped. A run's memory
+is then bounded by the chunk and what the metrics keep, not by ``n_test x n_train``; the record's
+``explanations_kept`` says what each metric kept.
+
 The runner knows plug-ins only through :mod:`harness.protocols` and the registries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
 import traceback
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from harness import records
 from harness.cache import Cache
-from harness.measures import sparsity_summary
+from harness.measures import SparsityRows
 from harness.model_store import (
     Retrainer,
     get_or_train_model,
@@ -36,7 +44,9 @@ from harness.protocols import (
     Metric,
     MetricContext,
     MetricResult,
+    Reader,
     Task,
+    WholeMatrix,
 )
 from harness.specs import ComponentSpec, ResolvedSpec, RunSpec, TimingConfig, expand, with_paths
 from harness.timing import RepeatStats, now, peak_memory, timed
@@ -60,7 +70,10 @@ def method_label(method: Method) -> str:
 
 
 def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """``method.explain`` over ``x`` in batches, on the CPU: ``(n_test, n_train)``.
+    """``method.explain`` over ``x`` in batches, on the CPU: the whole ``(n_test, n_train)`` matrix.
+
+    For a second fit's explanations that a metric needs whole (model randomization); a run's own
+    explanations are streamed (:func:`explain_chunks`).
 
     Raises
     ------
@@ -71,28 +84,75 @@ def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, dev
     import torch
 
     parts: list[Tensor] = []
-    for i in range(0, len(x), batch_size):
-        part = method.explain(x[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
-        rows = len(x[i : i + batch_size])
-        if not isinstance(part, torch.Tensor):
-            raise ExplanationError(
-                f"method {method.name!r}: explain returned a {type(part).__name__}, expected a torch.Tensor "
-                "(n_test x n_train)"
-            )
-        if part.dim() != 2 or part.shape[0] != rows or (parts and part.shape[1] != parts[0].shape[1]):
-            expected = f"{rows}x{parts[0].shape[1] if parts else 'n_train'}"
-            shape = "x".join(map(str, part.shape)) or "a scalar"
-            raise ExplanationError(
-                f"method {method.name!r}: explain returned {shape} for {rows} test points, expected "
-                f"{expected} (n_test x n_train)"
-            )
-        if not part.is_floating_point():
-            raise ExplanationError(
-                f"method {method.name!r}: explain returned {str(part.dtype).replace('torch.', '')} values; "
-                "attributions are floating point (float32)"
-            )
-        parts.append(part.detach().cpu())
+    for rows, part in explain_chunks(method, x, targets, batch_size, device):
+        n_train = parts[0].shape[1] if parts else None
+        problem = _chunk_problem(part, rows, n_train, method.name)
+        if problem:
+            raise ExplanationError(problem)
+        parts.append(part)
     return torch.cat(parts)
+
+
+@dataclasses.dataclass
+class Stopwatch:
+    """Seconds summed over the calls it timed (each clock read synchronises CUDA)."""
+
+    seconds: float = 0.0
+
+
+def explain_chunks(
+    method: Method,
+    x: Tensor,
+    targets: Tensor,
+    batch_size: int,
+    device: torch.device,
+    clock: Stopwatch | None = None,
+) -> Iterator[tuple[slice, Any]]:
+    """``(rows, method.explain(x[rows], targets[rows]))`` batch by batch, the explanations on the CPU.
+
+    ``clock`` times the explain calls (and the copy to the CPU) alone, not what the caller does
+    with each batch. The output is unchecked (:func:`_chunk_problem`): whatever the method returned.
+    """
+    import torch
+
+    clock = clock if clock is not None else Stopwatch()
+    for start in range(0, len(x), batch_size):
+        rows = slice(start, min(start + batch_size, len(x)))
+        began = now()
+        part = method.explain(x[rows].to(device), targets[rows].to(device))
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu()
+        clock.seconds += now() - began
+        yield rows, part
+        del part  # before the next explain call: one chunk held at a time
+
+
+def _chunk_problem(part: Any, rows: slice, n_train: int | None, name: str) -> str | None:
+    """What is wrong with a method's explanations of the test points ``rows`` (one line), or None.
+
+    ``n_train`` None: the width is not known yet (any width passes).
+    """
+    import torch
+
+    n_rows = rows.stop - rows.start
+    if not isinstance(part, torch.Tensor):
+        return (
+            f"method {name!r}: explain returned a {type(part).__name__}, expected a torch.Tensor "
+            "(n_test x n_train)"
+        )
+    if part.dim() != 2 or part.shape[0] != n_rows or (n_train is not None and part.shape[1] != n_train):
+        shape = "x".join(map(str, part.shape)) or "a scalar"
+        return (
+            f"method {name!r}: explain returned {shape}, expected {n_rows}x{n_train or 'n_train'} "
+            f"(n_test x n_train) for a batch of {n_rows} test points: one row per test point, one column "
+            "per training point"
+        )
+    if not part.is_floating_point():
+        return (
+            f"method {name!r}: explain returned {str(part.dtype).replace('torch.', '')} values; "
+            "attributions are floating point (float32)"
+        )
+    return None
 
 
 class ExplanationError(RuntimeError):
@@ -245,28 +305,52 @@ def _run(resolved: ResolvedSpec, record: records.Record) -> None:
     record["method"]["attributes_through"] = method.attributes_through
     record["method"]["self_influence_definition"] = method.self_influence_definition
 
+    # --- what each metric keeps of the explanations (its reader), set up before they stream past;
+    # a metric that cannot run on this task or method fails here, and the others go on.
+    context = MetricContext(
+        data=data,
+        model=model,
+        explanations=None,  # streamed: each metric reads its own reader (``streamed``)
+        targets=targets,
+        self_influence=None,
+        cache=cache.scope("metrics"),
+        device=device,
+        retrain=Retrainer(task, data, spec.seed, cache, device, workers=spec.retrain_workers),
+        explain_with=lambda other: _explain_with(method, other, data, targets, method_cache, spec),
+    )
+    metric_runs = [
+        _MetricRun.start(metric, context, data.variant, method.supports) for metric in resolved.metrics
+    ]
+    sparsity = SparsityRows(device=device)
+
     # --- explain: warm-up, then timed passes over all test points, in the method's own batch
     # where its settings prescribe one (the paper's explain batch is part of the measured cost).
+    # The first pass streams its chunks to the readers; the clock times the explain calls alone.
     batch = method.preferred_batch_size() or spec.timing.batch_size
     for _ in range(spec.timing.warmup):
-        explain_all(method, test_x[:batch], targets[:batch], batch, device)
+        for _ in explain_chunks(method, test_x[:batch], targets[:batch], batch, device):
+            pass
     stats = RepeatStats()
     # Whole explain batches only, so a timed pass amortises per-call costs as the full pass does.
     wanted = spec.timing.timed_points or len(test_x)
     timed_points = min(len(test_x), -(-wanted // batch) * batch)
     with peak_memory() as explain_memory:
-        start = now()
-        explanations = explain_all(method, test_x, targets, batch, device)
-        stats.per_item_s.append((now() - start) / len(test_x))
-        for _ in range(spec.timing.repeats - 1):
-            start = now()
-            explain_all(method, test_x[:timed_points], targets[:timed_points], batch, device)
-            stats.per_item_s.append((now() - start) / timed_points)
-    # A malformed matrix fails every metric that reads explanations (each with this message); the
-    # timings and the metrics that read only self-influence are still recorded.
-    problem = _explanation_problem(explanations, len(test_x), len(data.train), method.name)
+        clock = Stopwatch()
+        chunks = explain_chunks(method, test_x, targets, batch, device, clock)
+        feeds = [sparsity.update, *(run.update for run in metric_runs)]
+        problem = _stream(chunks, len(test_x), len(data.train), method.name, feeds)
+        stats.per_item_s.append(clock.seconds / len(test_x))
+        for _ in range(spec.timing.repeats - 1 if problem is None else 0):
+            clock = Stopwatch()
+            for _ in explain_chunks(
+                method, test_x[:timed_points], targets[:timed_points], batch, device, clock
+            ):
+                pass  # timed only: the explanations of the first pass are the run's
+            stats.per_item_s.append(clock.seconds / timed_points)
+    # Explanations that are not attributions (wrong type, shape or dtype, NaN) fail the run: no
+    # number computed from them is worth recording.
     record["explanation_error"] = problem
-    if problem:  # a run whose explanations are not attributions has no number worth recording
+    if problem:
         raise ExplanationError(problem)
     per_point = stats.to_dict()
     timings["explain"] = {
@@ -286,13 +370,18 @@ def _run(resolved: ResolvedSpec, record: records.Record) -> None:
         "extrapolated": len(test_x) < n_test_total,
     }
     record["memory"]["explain"] = explain_memory.to_dict()
-    record["sparsity"] = cast(records.Sparsity, sparsity_summary(explanations, device=device))
+    record["sparsity"] = cast(records.Sparsity, sparsity.summary())
+    record["explanations_kept"] = {
+        "chunk_rows": batch,
+        "dense_mb": len(test_x) * len(data.train) * 4 / 2**20,
+        "metrics": {run.metric.name: run.kept() for run in metric_runs},
+    }
 
     # --- self-influence where supported and a metric reads it (it can cost as much as explaining
     # the whole training set, e.g. EK-FAC or LiSSA).
     self_influence = None
-    wanted = any("self_influence" in metric.needs for metric in resolved.metrics)
-    if "self_influence" in method.supports and wanted:
+    wanted_si = any("self_influence" in metric.needs for metric in resolved.metrics)
+    if "self_influence" in method.supports and wanted_si:
         self_influence, si_timing = timed(lambda: method.self_influence().detach().cpu())
         timings["self_influence_s"] = si_timing.seconds
         record["memory"]["self_influence"] = si_timing.memory.to_dict()
@@ -301,23 +390,155 @@ def _run(resolved: ResolvedSpec, record: records.Record) -> None:
 
     record["diagnostics"] = method.diagnostics()
 
-    # --- metrics: one failing metric is recorded as failed; the others still run.
-    context = MetricContext(
-        data=data,
-        model=model,
-        explanations=explanations,
-        targets=targets,
-        self_influence=self_influence,
-        cache=cache.scope("metrics"),
-        device=device,
-        retrain=Retrainer(task, data, spec.seed, cache, device, workers=spec.retrain_workers),
-        explain_with=lambda other: _explain_with(method, other, data, targets, method_cache, spec),
-    )
+    # --- metrics, from what each kept: one failing metric is recorded as failed; the others still run.
+    context = dataclasses.replace(context, self_influence=self_influence)
     timings["metrics_s"] = {}
-    for metric in resolved.metrics:
-        record["metrics"][metric.name], timings["metrics_s"][metric.name] = _run_metric(
-            metric, context, data.variant, method.supports
+    for run in metric_runs:
+        record["metrics"][run.metric.name], timings["metrics_s"][run.metric.name] = run.finish(context)
+
+
+def _stream(
+    chunks: Iterator[tuple[slice, Any]],
+    n_test: int,
+    n_train: int,
+    name: str,
+    feeds: Sequence[Callable[[slice, Tensor], None]],
+) -> str | None:
+    """Check each chunk of explanations and give it to every feed; what was wrong (one line) or None.
+
+    A chunk of the wrong type, shape or dtype ends the pass. Non-finite values do not: the pass
+    goes on to count them all (the message says how many), and no feed sees another chunk. After
+    each chunk the memory it freed goes back to the system (:func:`_release_freed_memory`).
+    """
+    import torch
+
+    non_finite, first_row = 0, 0
+    for rows, part in chunks:
+        problem = _chunk_problem(part, rows, n_train, name)
+        if problem:
+            return problem
+        finite = torch.isfinite(part)
+        if not bool(finite.all()):
+            if not non_finite:
+                first_row = rows.start + int((~finite).any(dim=1).nonzero()[0])
+            non_finite += int((~finite).sum())
+        del finite
+        if non_finite:
+            continue
+        for feed in feeds:
+            feed(rows, part)
+        del part  # before the next chunk is explained: one chunk held at a time
+        _release_freed_memory()
+    if non_finite:
+        return (
+            f"method {name!r}: explain returned {non_finite} non-finite value(s) (NaN or inf) of "
+            f"{n_test * n_train}, e.g. in row {first_row}"
         )
+    return None
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed in this process back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps freed blocks of a few MB (a chunk's boolean masks, say) in its heap, where the small
+    tensors that readers keep (a score per test point) pin them: chunk after chunk, the resident
+    memory would creep up by part of a chunk's temporaries, i.e. grow with n_test x n_train after
+    all. Trimming after each chunk (a few microseconds, outside the explain clock) keeps the peak at
+    one chunk's working set.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+
+    try:
+        return cast("Callable[[int], int]", ctypes.CDLL("libc.so.6").malloc_trim)
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        return None
+
+
+T = TypeVar("T")
+
+
+class _MetricRun:
+    """One metric of a run: its reader while the explanations stream past, the time it took, or why
+    it failed (a failure is recorded; the run and the other metrics go on)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.reader: Reader | None = None
+        self.seconds = 0.0
+        self.error: records.ErrorInfo | None = None
+
+    @classmethod
+    def start(cls, metric: Metric, ctx: MetricContext, variant: str, supports: frozenset[str]) -> _MetricRun:
+        """Check that ``metric`` applies to the run and set up its reader."""
+        run = cls(metric)
+        run._attempt(lambda: metric.check_applicable(variant, supports))
+        run.reader = run._attempt(lambda: metric.reader(ctx))
+        return run
+
+    def update(self, rows: slice, chunk: Tensor) -> None:
+        reader = self.reader
+        if reader is not None:
+            self._attempt(lambda: reader.update(rows, chunk))
+
+    def kept(self) -> records.KeptByMetric:
+        """What the reader holds (after the stream: what the metric kept)."""
+        if self.reader is None:
+            return {"kept": "nothing", "mb": 0.0}
+        return {"kept": self.reader.kept(), "mb": self.reader.nbytes() / 2**20}
+
+    def finish(self, ctx: MetricContext) -> tuple[records.MetricEntry, float | None]:
+        """The metric's record entry and seconds (reader set-up, updates and compute; None when it failed)."""
+        reader = self.reader
+        explanations = reader.matrix if isinstance(reader, WholeMatrix) else None  # the legacy way in
+        own = dataclasses.replace(ctx, streamed=reader, explanations=explanations)
+        result = self._attempt(lambda: _computed(self.metric, own))
+        entry: records.MetricEntry = {
+            "value": None,
+            "direction": self.metric.direction,
+            "version": self.metric.version,
+            "config": self.metric.config.to_dict(),
+            "details": {},
+            "per_point": None,
+            "status": "failed",
+            "error": self.error,
+        }
+        if result is None:
+            return entry, None
+        entry["value"] = float(result.value)
+        entry["details"] = result.details
+        entry["per_point"] = None if result.per_point is None else [float(v) for v in result.per_point]
+        entry["status"] = "ok"
+        return entry, self.seconds
+
+    def _attempt(self, step: Callable[[], T]) -> T | None:
+        """``step()`` timed into :attr:`seconds`; None, with the failure recorded, when it raises (or
+        the metric failed before)."""
+        if self.error is not None:
+            return None
+        began = now()
+        try:
+            return step()
+        except Exception as err:  # recorded; the other metrics go on
+            level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
+            log.log(level, "metric %s failed: %s", self.metric.name, err)
+            self.error = records.error_info(err, traceback_text=traceback.format_exc())
+            self.reader = None
+            return None
+        finally:
+            self.seconds += now() - began
+
+
+def _computed(metric: Metric, ctx: MetricContext) -> MetricResult:
+    result = metric.compute(ctx)
+    _check_metric_result(metric.name, result)
+    return result
 
 
 def _explain_with(
@@ -330,38 +551,6 @@ def _explain_with(
     device = next(model.parameters()).device
     batch = other.preferred_batch_size() or spec.timing.batch_size
     return explain_all(other, data.test.x, targets, batch, device)
-
-
-def _run_metric(
-    metric: Metric,
-    ctx: MetricContext,
-    variant: str,
-    supports: frozenset[str],
-) -> tuple[records.MetricEntry, float | None]:
-    entry: records.MetricEntry = {
-        "value": None,
-        "direction": metric.direction,
-        "version": metric.version,
-        "config": metric.config.to_dict(),
-        "details": {},
-        "per_point": None,
-        "status": "failed",
-        "error": None,
-    }
-    try:
-        metric.check_applicable(variant, supports)
-        result, timing = timed(lambda: metric.compute(ctx))
-        _check_metric_result(metric.name, result)
-    except Exception as err:  # recorded; the other metrics go on
-        level = logging.WARNING if isinstance(err, CapabilityError) else logging.ERROR
-        log.log(level, "metric %s failed: %s", metric.name, err)
-        entry["error"] = records.error_info(err, traceback_text=traceback.format_exc())
-        return entry, None
-    entry["value"] = float(result.value)
-    entry["details"] = result.details
-    entry["per_point"] = None if result.per_point is None else [float(v) for v in result.per_point]
-    entry["status"] = "ok"
-    return entry, timing.seconds
 
 
 #: How far a metric's value may lie from the mean of its per-point scores (float round-off).
@@ -385,26 +574,6 @@ def _check_metric_result(name: str, result: MetricResult) -> None:
         )
 
 
-def _explanation_problem(explanations: Tensor, n_test: int, n_train: int, name: str) -> str | None:
-    """What is wrong with a method's explanation matrix, or None."""
-    import torch
-
-    if tuple(explanations.shape) != (n_test, n_train):
-        shape = "x".join(map(str, explanations.shape))
-        return (
-            f"method {name!r}: explain returned {shape}, expected {n_test}x{n_train} (n_test x n_train): one "
-            "row per test point, one column per training point"
-        )
-    finite = torch.isfinite(explanations)
-    if not finite.all():
-        bad = int((~finite).sum())
-        return (
-            f"method {name!r}: explain returned {bad} non-finite value(s) (NaN or inf) of "
-            f"{explanations.numel()}, e.g. in row {int((~finite).any(dim=1).nonzero()[0])}"
-        )
-    return None
-
-
 __all__ = [
     "ComponentSpec",
     "ExplanationError",
@@ -414,6 +583,7 @@ __all__ = [
     "TimingConfig",
     "empty_record",
     "explain_all",
+    "explain_chunks",
     "expand",
     "method_label",
     "run_one",

@@ -1,4 +1,5 @@
-"""Datasets in the shape quanda's metric classes read (the harness holds the data as tensors)."""
+"""Adapters to quanda's metric classes: datasets in the shape they read (the harness holds the data as
+tensors), and :class:`QuandaStream`, which feeds a quanda metric the explanations chunk by chunk."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.protocols import DataError
+from harness.measures import tensor_bytes
+from harness.protocols import DataError, Reader
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from torch import Tensor
 
 
@@ -41,3 +45,37 @@ class LengthOnly(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         raise DataError(f"{self.metric} reads no training items through quanda (the harness holds them)")
+
+
+class QuandaStream(Reader):
+    """A quanda metric as a reader: each chunk of explanations goes to its ``update``.
+
+    quanda's metrics are streaming (``update`` per batch of test points, then ``compute``) and keep
+    a summary per test point (e.g. the top-k share), so the chunks need not be held.
+
+    Parameters
+    ----------
+    metric:
+        The quanda metric (``metric.compute()`` after the last chunk).
+    arguments:
+        ``(rows, chunk) -> keyword arguments of metric.update`` for the test points ``rows``, or
+        None to skip the chunk (e.g. none of its rows is selected).
+    kept:
+        What the metric keeps, in words (:meth:`Reader.kept`).
+    """
+
+    def __init__(
+        self, metric: Any, arguments: Callable[[slice, Tensor], dict[str, Any] | None], kept: str
+    ) -> None:
+        self.metric, self._arguments, self._kept = metric, arguments, kept
+
+    def update(self, rows: slice, chunk: Tensor) -> None:
+        arguments = self._arguments(rows, chunk)
+        if arguments is not None:
+            self.metric.update(**arguments)
+
+    def kept(self) -> str:
+        return self._kept
+
+    def nbytes(self) -> int:
+        return tensor_bytes(self.metric.state_dict())

@@ -14,6 +14,9 @@ exactly this: ``explanations.topk(k=min(s, n_train), dim=1)``, looks up the labe
 training points through ``train_dataset[i]``, and averages the per-point match fractions. Ties at
 the k-th place are broken by ``torch.topk`` (unspecified order); a method whose rows have fewer
 than k distinct top scores (e.g. many exact zeros) may therefore depend on that choice.
+
+Streamed: a run feeds quanda's metric one chunk of test points at a time (its ``update``; ``topk``
+works row by row), so it keeps one share per test point, never the matrix.
 """
 
 from __future__ import annotations
@@ -21,14 +24,10 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from harness.config import Config, option, require_positive_int
-from harness.protocols import Metric, MetricContext, MetricResult
-from tasks.metrics._quanda import LabelledTensors
-
-if TYPE_CHECKING:
-    pass
+from harness.protocols import DataError, Metric, MetricContext, MetricResult
+from tasks.metrics._quanda import LabelledTensors, QuandaStream
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +49,31 @@ class ClassDetection(Metric):
     version = "1"
     direction = "higher"
 
+    def reader(self, ctx: MetricContext) -> QuandaStream:
+        """quanda's ``ClassDetectionMetric``, fed chunk by chunk: it keeps one share per test point."""
+        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from quanda.metrics.downstream_eval import ClassDetectionMetric
+
+        top_k: int = self.config.top_k  # type: ignore[attr-defined]
+        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        metric = ClassDetectionMetric(model=ctx.model, train_dataset=train, s=top_k)
+        targets = ctx.targets.detach()
+        return QuandaStream(
+            metric,
+            lambda rows, chunk: {"explanations": chunk, "test_targets": targets[rows]},
+            kept=f"the share of the top-{top_k} labelled as the prediction, per test point",
+        )
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """Class detection over all explained test points.
 
         Parameters
         ----------
         ctx:
-            ``explanations`` ``(n_test, n_train)``, ``targets`` ``(n_test,)`` predicted classes,
-            ``data.train.y`` ``(n_train,)`` training labels, ``model`` (quanda places its work on
-            the model's device).
+            The explanations ``(n_test, n_train)`` (read through :meth:`reader`), ``targets``
+            ``(n_test,)`` predicted classes, ``data.train.y`` ``(n_train,)`` training labels,
+            ``model`` (quanda places its work on the model's device).
 
         Returns
         -------
@@ -66,24 +81,16 @@ class ClassDetection(Metric):
             ``value`` in [0, 1]; ``details`` = ``{"top_k": k, "n_test": n_test}`` where ``k`` is
             capped at ``n_train``; ``per_point``: each test point's share.
         """
-        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
-            warnings.simplefilter("ignore", FutureWarning)
-            from quanda.metrics.downstream_eval import ClassDetectionMetric
-
-        explanations, targets = ctx.explanations, ctx.targets
-        n_test, n_train = explanations.shape
-        if targets.shape != (n_test,) or n_train != len(ctx.data.train):
-            raise ValueError(
-                f"class detection needs explanations (n_test, n_train) = ({len(targets)}, "
-                f"{len(ctx.data.train)}) and targets (n_test,); got {tuple(explanations.shape)} "
-                f"and {tuple(targets.shape)}"
+        n_test, n_train = len(ctx.data.test), len(ctx.data.train)
+        if tuple(ctx.targets.shape) != (n_test,):
+            raise DataError(
+                f"class detection needs targets of shape (n_test,) = ({n_test},); got "
+                f"{tuple(ctx.targets.shape)}"
             )
-        top_k: int = self.config.top_k  # type: ignore[attr-defined]
-        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
-        metric = ClassDetectionMetric(model=ctx.model, train_dataset=train, s=top_k)
-        metric.update(explanations=explanations.detach(), test_targets=targets.detach())
+        metric = ctx.read(self, QuandaStream).metric
         value = float(metric.compute()["score"])
         per_point = [float(v) for v in metric._per_sample_scores().cpu()]
+        top_k: int = self.config.top_k  # type: ignore[attr-defined]
         return MetricResult(
             value=value, details={"top_k": min(top_k, n_train), "n_test": n_test}, per_point=per_point
         )

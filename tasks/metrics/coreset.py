@@ -24,6 +24,13 @@ retrained model takes as many optimiser steps as the original model (a 10% subse
 about ten times as many epochs), so a small share is not merely under-trained; with ``epochs`` set,
 each model is trained for exactly that many epochs. quanda 0.5.0 has no metric for either, so this
 module computes them directly.
+
+Streamed: while a run streams the explanations, :class:`AbsColumnSums` keeps ``g`` alone
+(``n_train`` float64), adding each chunk's ``sum_j |A[j, i]|`` in float64. Cut into chunks, the sum
+is taken in another order than over the whole matrix at once: ``g`` may differ in the last bits
+(about 1e-16 relative), which reorders two training points only if their importances are that
+close without being equal (equal columns, and the exact zeros of a sparse method, give equal sums
+either way).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import DataError, Metric, MetricContext, MetricResult
+from harness.protocols import DataError, Metric, MetricContext, MetricResult, Reader
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -96,6 +103,10 @@ class _RetrainCurve(Metric):
 
     config: RetrainCurveConfig
 
+    def reader(self, ctx: MetricContext) -> AbsColumnSums:
+        """The global importance ``g`` alone: one float64 per training point."""
+        return AbsColumnSums()
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """The mean cross-entropy over the configured fractions.
 
@@ -112,10 +123,10 @@ class _RetrainCurve(Metric):
             point's cross-entropy averaged over the fractions (their mean is ``value``; a bootstrap
             over them resamples test points for fixed retrained models, not the retraining).
         """
-        explanations = _checked(ctx, self.name)
+        _check_targets(ctx, self.name)
         if ctx.retrain is None:
             raise DataError(f"{self.name} retrains models: run it through the harness (ctx.retrain is None)")
-        order = importance_order(explanations, descending=self.keep_top)
+        order = _order(ctx.read(self, AbsColumnSums).sums, descending=self.keep_top)
         n = order.numel()
         sizes = [max(1, math.ceil(f * n - 1e-9)) for f in self.config.fractions]
         test = ctx.data.test
@@ -171,9 +182,33 @@ class DataPruning(_RetrainCurve):
     keep_top = False
 
 
+class AbsColumnSums(Reader):
+    """``g_i = sum_j |A[j, i]|`` (float64, on the CPU) of the chunks given, summed chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None
+
+    def update(self, rows: slice, chunk: Tensor) -> None:
+        sums = chunk.detach().abs().double().sum(dim=0).cpu()
+        self.sums = sums if self.sums is None else self.sums + sums
+
+    def kept(self) -> str:
+        return "the sum of |attribution| per training point"
+
+    def nbytes(self) -> int:
+        return 0 if self.sums is None else self.sums.element_size() * self.sums.nelement()
+
+
 def importance_order(explanations: Tensor, *, descending: bool) -> Tensor:
     """``(n_train,)`` training indices sorted by ``sum_j |A[j, i]|``, ties by index (stable)."""
-    importance = explanations.detach().abs().double().sum(dim=0).cpu()
+    reader = AbsColumnSums()
+    reader.update(slice(0, len(explanations)), explanations)
+    return _order(reader.sums, descending=descending)
+
+
+def _order(importance: Tensor | None, *, descending: bool) -> Tensor:
+    if importance is None:
+        raise DataError("no explanations were read (no chunk was given to the reader)")
     return torch.sort(importance, descending=descending, stable=True).indices
 
 
@@ -227,14 +262,12 @@ def _per_point_loss_and_accuracy(
     return torch.cat(losses), torch.tensor(accuracies, dtype=torch.float64)
 
 
-def _checked(ctx: MetricContext, name: str) -> Tensor:
-    expected = (len(ctx.data.test), len(ctx.data.train))
-    if tuple(ctx.explanations.shape) != expected or tuple(ctx.targets.shape) != expected[:1]:
+def _check_targets(ctx: MetricContext, name: str) -> None:
+    n_test = len(ctx.data.test)
+    if tuple(ctx.targets.shape) != (n_test,):
         raise DataError(
-            f"{name} needs explanations (n_test, n_train) = {expected} and targets ({expected[0]},) "
-            f"(the original model's predictions); got {tuple(ctx.explanations.shape)} and "
+            f"{name} needs targets ({n_test},) (the original model's predictions); got "
             f"{tuple(ctx.targets.shape)}"
         )
-    if len(ctx.data.test) == 0:
+    if n_test == 0:
         raise DataError(f"{name} needs at least one test point")
-    return ctx.explanations

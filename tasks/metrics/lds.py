@@ -18,12 +18,17 @@ option is set, each retrained model takes exactly as many optimiser steps as the
 not in how long their models were trained; with ``epochs`` set, each model is trained for exactly
 that many epochs.
 
-Computed by quanda 0.5.0's ``LinearDatamodelingMetric`` (subsets drawn by its own
-``generate_subsets`` with ``torch.randperm`` under ``seed``; per-point Spearman by torchmetrics):
-we hand it the subsets and, as ``subset_logits``, the retrained models' outputs as ``(n_test,)``
-vectors, which it uses unchanged. quanda's default output for multi-column logits is the margin
-``z_c - logsumexp_{j != c} z_j`` (Park et al.'s Eq. 19); the DualXDA paper uses the log-softmax of
-the predicted class, our default (``output="log_softmax"``); ``output="margin"`` gives Park et al.'s.
+Computed as quanda 0.5.0's ``LinearDatamodelingMetric`` does, in two halves. While a run streams
+the explanations, :class:`SubsetSums` keeps ``g_j(S_k)`` for every test point and subset (an
+``(n_test, m)`` float32 matrix, never the attributions): quanda's own arithmetic,
+``A[rows][:, S_k].sum(dim=1)`` in float32, one chunk of rows at a time (the subsets drawn by its
+``generate_subsets`` with ``torch.randperm`` under ``seed``). After retraining, the per-point
+Spearman correlation between ``g`` and the retrained models' outputs is quanda's
+``correlation_functions["spearman"]`` (torchmetrics) on the same ``(n_test, m)`` matrices its
+``update`` would build, so the value is the one its ``update``/``compute`` give. (quanda's own
+default output for multi-column logits is the margin ``z_c - logsumexp_{j != c} z_j``, Park et
+al.'s Eq. 19; the DualXDA paper uses the log-softmax of the predicted class, our default
+(``output="log_softmax"``); ``output="margin"`` gives Park et al.'s.)
 A test point whose predicted outputs or attributions are constant across subsets has an undefined
 Spearman correlation; torchmetrics returns 0 for it (counted in ``details["constant_rows"]``).
 """
@@ -37,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import DataError, Metric, MetricContext, MetricResult
+from harness.protocols import DataError, Metric, MetricContext, MetricResult, Reader
 from tasks.metrics._quanda import LengthOnly
 
 if TYPE_CHECKING:
@@ -95,15 +100,33 @@ class LDS(Metric):
 
     config: LDSConfig
 
+    def reader(self, ctx: MetricContext) -> SubsetSums:
+        """The subsets of this config, drawn as quanda draws them, and the attributions summed over each."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from quanda.metrics.ground_truth import LinearDatamodelingMetric
+
+        cfg = self.config
+        n_train = len(ctx.data.train)
+        if int(cfg.alpha * n_train) < 1:
+            raise DataError(f"alpha {cfg.alpha} of {n_train} training points leaves an empty subset")
+        subset_ids = LinearDatamodelingMetric.generate_subsets(
+            LengthOnly(n_train, "lds"),
+            alpha=cfg.alpha,
+            m=cfg.m,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        return SubsetSums(subset_ids, len(ctx.data.test))
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """LDS over the explained test points.
 
         Parameters
         ----------
         ctx:
-            ``explanations`` ``(n_test, n_train)``, ``targets`` ``(n_test,)`` the original model's
-            predictions, ``data.test.x`` the test inputs, ``retrain`` the harness' retraining
-            service.
+            The explanations ``(n_test, n_train)`` (read through :meth:`reader`), ``targets``
+            ``(n_test,)`` the original model's predictions, ``data.test.x`` the test inputs,
+            ``retrain`` the harness' retraining service.
 
         Returns
         -------
@@ -113,63 +136,71 @@ class LDS(Metric):
         """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            from quanda.metrics.ground_truth import LinearDatamodelingMetric
+            from quanda.utils.functions import correlation_functions
 
-        explanations, targets = _checked(ctx)
+        targets = ctx.targets
+        n_test = len(ctx.data.test)
+        if tuple(targets.shape) != (n_test,):
+            raise DataError(f"LDS needs targets ({n_test},); got {tuple(targets.shape)}")
         if ctx.retrain is None:
             raise DataError(
                 "LDS retrains models on subsets: run it through the harness (ctx.retrain is None)"
             )
         cfg = self.config
-        n_train = explanations.shape[1]
-        subset_size = int(cfg.alpha * n_train)
-        if subset_size < 1:
-            raise DataError(f"alpha {cfg.alpha} of {n_train} training points leaves an empty subset")
-        train = LengthOnly(n_train, "lds")
-        subset_ids = LinearDatamodelingMetric.generate_subsets(
-            train, alpha=cfg.alpha, m=cfg.m, generator=torch.Generator().manual_seed(cfg.seed)
-        )
+        sums = ctx.read(self, SubsetSums)
         test_x = ctx.data.test.x
 
         def output(model: nn.Module) -> Tensor:
             return _model_output(model, test_x, targets, cfg.output)
 
         outputs = ctx.retrain.evaluate(
-            [torch.tensor(ids) for ids in subset_ids], output, purpose="lds", epochs=cfg.epochs
+            [torch.tensor(ids) for ids in sums.subset_ids], output, purpose="lds", epochs=cfg.epochs
         )
-        metric = LinearDatamodelingMetric(
-            model=ctx.model,
-            train_dataset=train,
-            m=cfg.m,
-            alpha=cfg.alpha,
-            seed=cfg.seed,
-            subset_ids=subset_ids,
-            subset_ckpt_filenames=[f"counterfactual-{k}" for k in range(cfg.m)],  # never loaded
-            cache_dir=str(ctx.cache.root),
-        )
-        device = explanations.device
-        metric.update(
-            explanations=explanations.float(),
-            test_targets=targets.to(device),
-            test_data=test_x,
-            subset_logits={k: out.to(device) for k, out in enumerate(outputs)},
-        )
-        value = float(metric.compute()["score"])
-        per_point = metric._per_sample_scores().cpu()
-        predicted = torch.stack([explanations[:, torch.tensor(ids)].sum(dim=1) for ids in subset_ids], dim=1)
-        actual = torch.stack([o.cpu() for o in outputs], dim=1)
+        predicted = sums.sums  # (n_test, m)
+        actual = torch.stack([o.to(predicted.device) for o in outputs], dim=1)  # (n_test, m)
+        per_point = correlation_functions["spearman"](actual, predicted).cpu()
         constant = int(((predicted.std(dim=1) == 0) | (actual.std(dim=1) == 0)).sum())
         return MetricResult(
-            value=value,
+            value=float(per_point.mean()),
             details={
                 "m": cfg.m,
                 "alpha": cfg.alpha,
-                "subset_size": subset_size,
+                "subset_size": len(sums.subset_ids[0]),
                 "output": cfg.output,
                 "constant_rows": constant,
             },
             per_point=[float(v) for v in per_point],
         )
+
+
+class SubsetSums(Reader):
+    """``g_j(S_k) = sum_{i in S_k} A[j, i]`` for every test point ``j`` and subset ``S_k``, chunk by chunk.
+
+    Each chunk is summed as quanda's ``LinearDatamodelingMetric.update`` sums the whole matrix
+    (``A.float()[:, S_k].sum(dim=1)``, row by row), so the sums are quanda's.
+
+    Attributes
+    ----------
+    subset_ids:
+        ``m`` lists of training indices (in draw order).
+    sums:
+        ``(n_test, m)`` float32.
+    """
+
+    def __init__(self, subset_ids: list[list[int]], n_test: int) -> None:
+        self.subset_ids = subset_ids
+        self._index = [torch.tensor(ids) for ids in subset_ids]
+        self.sums = torch.zeros(n_test, len(subset_ids))
+
+    def update(self, rows: slice, chunk: Tensor) -> None:
+        chunk = chunk.float()
+        self.sums[rows] = torch.stack([chunk[:, index].sum(dim=1) for index in self._index], dim=1)
+
+    def kept(self) -> str:
+        return f"the sum over each of the {len(self.subset_ids)} training subsets, per test point"
+
+    def nbytes(self) -> int:
+        return self.sums.element_size() * self.sums.nelement()
 
 
 def _model_output(model: nn.Module, x: Tensor, targets: Tensor, kind: str, batch_size: int = 512) -> Tensor:
@@ -186,14 +217,3 @@ def _model_output(model: nn.Module, x: Tensor, targets: Tensor, kind: str, batch
                 others = logits.scatter(1, c, float("-inf"))
                 parts.append(logits.gather(1, c).squeeze(1) - torch.logsumexp(others, dim=1))
     return torch.cat(parts)
-
-
-def _checked(ctx: MetricContext) -> tuple[Tensor, Tensor]:
-    explanations, targets = ctx.explanations, ctx.targets
-    expected = (len(ctx.data.test), len(ctx.data.train))
-    if tuple(explanations.shape) != expected or tuple(targets.shape) != expected[:1]:
-        raise DataError(
-            f"LDS needs explanations (n_test, n_train) = {expected} and targets ({expected[0]},); got "
-            f"{tuple(explanations.shape)} and {tuple(targets.shape)}"
-        )
-    return explanations, targets

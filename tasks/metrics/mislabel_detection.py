@@ -109,7 +109,9 @@ class MislabelDetection(Metric):
         ----------
         ctx:
             ``self_influence`` ``(n_train,)``, ``data.train.meta["flipped"]`` ``(n_train,)`` bool.
-            ``explanations`` and ``targets`` are shape-checked but not used.
+            ``targets``, and ``explanations`` where a caller passes the matrix, are shape-checked
+            but not used: the metric reads no explanations (its reader is None; a run keeps
+            nothing of them for it).
 
         Returns
         -------
@@ -134,12 +136,11 @@ class MislabelDetection(Metric):
 
         train = ctx.data.train
         n_test, n_train = len(ctx.data.test), len(train)
-        explanations, targets = ctx.explanations, ctx.targets
-        if tuple(explanations.shape) != (n_test, n_train) or tuple(targets.shape) != (n_test,):
+        ctx.check_explanations(self.name or "mislabel_detection")  # a matrix held must fit the data
+        if tuple(ctx.targets.shape) != (n_test,):
             raise DataError(
-                f"mislabel detection needs explanations of shape (n_test, n_train) = ({n_test}, "
-                f"{n_train}) and targets of shape (n_test,) = ({n_test},); got "
-                f"{tuple(explanations.shape)} and {tuple(targets.shape)}"
+                f"mislabel detection needs targets of shape (n_test,) = ({n_test},); got "
+                f"{tuple(ctx.targets.shape)}"
             )
         si = ctx.self_influence
         if si is None:

@@ -21,6 +21,11 @@ parameter and calls the explainer class it is given; that class is a thin adapte
 the harness (``ctx.explain_with``) to fit a fresh instance of the run's method on the randomized
 model. The training checkpoints the model carries (TracIn sums over them) are replaced by the
 randomized weights, each checkpoint keeping its learning rate.
+
+The one metric of the catalogue that keeps the whole ``(n_test, n_train)`` matrix (its reader is
+:class:`~harness.protocols.WholeMatrix`): each row is correlated with the row of the refit, which
+is computed after the run's explanations, from a fresh fit. Keeping less would need the two fits to
+explain each chunk side by side, with the refit inside the run's timed and measured explain pass.
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.config import Config, ConfigError, option
-from harness.protocols import CHECKPOINTS_ATTR, Checkpoint, DataError, Metric, MetricContext, MetricResult
+from harness.protocols import (
+    CHECKPOINTS_ATTR,
+    Checkpoint,
+    DataError,
+    Metric,
+    MetricContext,
+    MetricResult,
+    WholeMatrix,
+)
 from tasks.metrics._quanda import LengthOnly
 
 if TYPE_CHECKING:
@@ -66,6 +79,10 @@ class ModelRandomization(Metric):
 
     config: ModelRandomizationConfig
 
+    def reader(self, ctx: MetricContext) -> WholeMatrix:
+        """The whole matrix (see the module docstring)."""
+        return WholeMatrix(len(ctx.data.test))
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """The mean correlation over the explained test points.
 
@@ -78,18 +95,13 @@ class ModelRandomization(Metric):
             warnings.simplefilter("ignore", FutureWarning)
             from quanda.metrics.heuristics import ModelRandomizationMetric
 
-        expected = (len(ctx.data.test), len(ctx.data.train))
-        if tuple(ctx.explanations.shape) != expected:
-            raise DataError(
-                f"model_randomization needs explanations (n_test, n_train) = {expected}; got "
-                f"{tuple(ctx.explanations.shape)}"
-            )
         if ctx.explain_with is None:
             raise DataError(
                 "model_randomization refits the method on a randomized model: run it through the "
                 "harness (ctx.explain_with is None)"
             )
         explain_with = ctx.explain_with
+        explanations = ctx.read(self, WholeMatrix).matrix
         original_checkpoints = list(getattr(ctx.model, CHECKPOINTS_ATTR, None) or [])
 
         def explain_randomized(model: nn.Module) -> Tensor:
@@ -117,7 +129,7 @@ class ModelRandomization(Metric):
             )
             device = metric.device
             metric.update(
-                explanations=ctx.explanations.float().to(device),
+                explanations=explanations.float().to(device),
                 test_data=ctx.data.test.x.to(device),
                 test_targets=ctx.targets.to(device),
             )

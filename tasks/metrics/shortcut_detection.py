@@ -29,6 +29,8 @@ both filters are switched off and ``J`` is selected from ``ctx.targets`` (the pr
 attributions were computed for), so the metric never re-runs the model and cannot disagree with the
 explained targets. Quanda returns 0.0 when ``J`` is empty; this metric raises instead (a model that
 never predicts ``s`` for another class has not learned the shortcut, and 0.0 would read as a result).
+Streamed: each chunk of test points goes to quanda's metric with only its rows of ``J``; quanda
+keeps one AP per row of ``J``, never the matrix.
 """
 
 from __future__ import annotations
@@ -36,12 +38,16 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.config import Config, ConfigError, option
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-from tasks.metrics._quanda import LabelledTensors
+from tasks.metrics._quanda import LabelledTensors, QuandaStream
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +74,48 @@ class ShortcutDetection(Metric):
     direction = "higher"
     requires_variant = "mark"
 
+    def reader(self, ctx: MetricContext) -> QuandaStream:
+        """quanda's ``ShortcutDetectionMetric``, fed the rows of ``J`` of each chunk: it keeps one AP per row.
+
+        Raises
+        ------
+        DataError
+            As :meth:`compute`, for everything but the explanations.
+        """
+        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from quanda.metrics.downstream_eval import ShortcutDetectionMetric
+
+        shortcut: int = self.config.shortcut_class  # type: ignore[attr-defined]
+        marked, selected, _ = _selection(ctx, shortcut)
+        metric = ShortcutDetectionMetric(
+            model=ctx.model,
+            train_dataset=LabelledTensors(ctx.data.train.x, ctx.data.train.y),
+            shortcut_indices=torch.nonzero(marked).flatten(),
+            shortcut_cls=shortcut,
+            filter_by_non_shortcut=False,
+            filter_by_shortcut_pred=False,
+        )
+        selected = selected.cpu()
+
+        def arguments(rows: slice, chunk: Tensor) -> dict[str, Tensor] | None:
+            mine = selected[rows]
+            return {"explanations": chunk[mine]} if bool(mine.any()) else None
+
+        return QuandaStream(
+            metric, arguments, kept="the AP of each test point predicted through the shortcut"
+        )
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """Shortcut detection over the test points predicted as the shortcut class with another label.
 
         Parameters
         ----------
         ctx:
-            ``explanations`` ``(n_test, n_train)``, ``targets`` ``(n_test,)`` predicted classes,
-            ``data.test.y`` ``(n_test,)`` true labels, ``data.train.meta["marked"]``
-            ``(n_train,)`` bool, ``model`` (quanda places its work on the model's device).
+            The explanations ``(n_test, n_train)`` (read through :meth:`reader`), ``targets``
+            ``(n_test,)`` predicted classes, ``data.test.y`` ``(n_test,)`` true labels,
+            ``data.train.meta["marked"]`` ``(n_train,)`` bool, ``model`` (quanda places its work on
+            the model's device).
 
         Returns
         -------
@@ -95,80 +134,69 @@ class ShortcutDetection(Metric):
             ``shortcut_class``, ``shortcut_class`` is not a class of the task, or no test point is
             predicted as ``shortcut_class`` while labelled otherwise.
         """
-        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
-            warnings.simplefilter("ignore", FutureWarning)
-            from quanda.metrics.downstream_eval import ShortcutDetectionMetric
-
-        explanations, targets = ctx.explanations, ctx.targets
-        train, test = ctx.data.train, ctx.data.test
-        n_test, n_train = len(test), len(train)
-        if tuple(explanations.shape) != (n_test, n_train) or tuple(targets.shape) != (n_test,):
+        n_test = len(ctx.data.test)
+        if tuple(ctx.targets.shape) != (n_test,):
             raise DataError(
-                f"shortcut detection needs explanations of shape (n_test, n_train) = ({n_test}, "
-                f"{n_train}) and targets of shape (n_test,) = ({n_test},); got "
-                f"{tuple(explanations.shape)} and {tuple(targets.shape)}"
+                f"shortcut detection needs targets of shape (n_test,) = ({n_test},); got "
+                f"{tuple(ctx.targets.shape)}"
             )
-        if not torch.isfinite(explanations).all():
-            raise DataError("shortcut detection needs finite attributions; got NaN or infinite values")
         shortcut: int = self.config.shortcut_class  # type: ignore[attr-defined]
-        if shortcut >= ctx.data.num_classes:
-            raise DataError(
-                f"shortcut_class {shortcut} is not a class of this task ({ctx.data.num_classes} classes)"
-            )
-
-        marked = train.meta.get("marked")
-        if marked is None:
-            raise DataError(
-                "shortcut detection needs meta['marked'] (which training points carry the watermark) on "
-                f"the train split; the 'mark' variant provides it (this data is variant "
-                f"{ctx.data.variant!r}): run with --variant mark"
-            )
-        if not isinstance(marked, torch.Tensor) or marked.dtype != torch.bool or marked.shape != (n_train,):
-            raise DataError(
-                f"meta['marked'] of the train split must be a bool tensor of shape ({n_train},), got "
-                f"{type(marked).__name__} {getattr(marked, 'dtype', '')} "
-                f"{tuple(getattr(marked, 'shape', ()))}"
-            )
-        marked = marked.cpu()
-        shortcut_indices = torch.nonzero(marked).flatten()
-        if len(shortcut_indices) == 0:
-            raise DataError("shortcut detection needs watermarked training points; meta['marked'] has none")
-        marked_labels = train.y.cpu()[marked]
-        if not bool((marked_labels == shortcut).all()):
-            raise DataError(
-                f"every watermarked training point must be labelled shortcut_class = {shortcut}; found "
-                f"labels {sorted(set(marked_labels.tolist()))}. Set shortcut_class to the marked class"
-            )
-
-        true_y = test.y.to(targets.device)
-        selected = (targets == shortcut) & (true_y != shortcut)
-        n_other = int((true_y != shortcut).sum())
-        if not bool(selected.any()):
-            raise DataError(
-                f"shortcut detection found no test point predicted as the shortcut class {shortcut} with "
-                f"another true label (among {n_test} test points, {n_other} labelled otherwise): the "
-                "model did not learn the shortcut, or there are too few test points"
-            )
-        rows = torch.nonzero(selected).flatten()
-
-        metric = ShortcutDetectionMetric(
-            model=ctx.model,
-            train_dataset=LabelledTensors(train.x, train.y),
-            shortcut_indices=shortcut_indices,
-            shortcut_cls=shortcut,
-            filter_by_non_shortcut=False,
-            filter_by_shortcut_pred=False,
-        )
-        metric.update(explanations=explanations.detach()[rows.to(explanations.device)])
+        marked, selected, n_other = _selection(ctx, shortcut)
+        metric = ctx.read(self, QuandaStream).metric
         value = float(metric.compute()["score"])
         auprc = [float(v) for v in metric.state_dict()["auprc_scores"]]
+        rows = torch.nonzero(selected).flatten()
         details = {
             "n_points": len(rows),
             "test_indices": rows.cpu().tolist(),
             "random_auprc": float(marked.double().mean()),
-            "n_marked_train": len(shortcut_indices),
+            "n_marked_train": int(marked.sum()),
             "shortcut_prediction_rate": len(rows) / n_other,
             "shortcut_class": shortcut,
             "n_test": n_test,
         }
         return MetricResult(value=value, details=details, per_point=auprc)
+
+
+def _selection(ctx: MetricContext, shortcut: int) -> tuple[Tensor, Tensor, int]:
+    """``(marked, selected, n_other)``: the watermarked training points ``(n_train,)`` bool on the CPU,
+    the test points of ``J`` ``(n_test,)`` bool, and the number of test points not labelled
+    ``shortcut``; a :class:`DataError` naming the fix when the data cannot give them."""
+    train, test, targets = ctx.data.train, ctx.data.test, ctx.targets
+    n_test, n_train = len(test), len(train)
+    if shortcut >= ctx.data.num_classes:
+        raise DataError(
+            f"shortcut_class {shortcut} is not a class of this task ({ctx.data.num_classes} classes)"
+        )
+    marked = train.meta.get("marked")
+    if marked is None:
+        raise DataError(
+            "shortcut detection needs meta['marked'] (which training points carry the watermark) on "
+            f"the train split; the 'mark' variant provides it (this data is variant "
+            f"{ctx.data.variant!r}): run with --variant mark"
+        )
+    if not isinstance(marked, torch.Tensor) or marked.dtype != torch.bool or marked.shape != (n_train,):
+        raise DataError(
+            f"meta['marked'] of the train split must be a bool tensor of shape ({n_train},), got "
+            f"{type(marked).__name__} {getattr(marked, 'dtype', '')} "
+            f"{tuple(getattr(marked, 'shape', ()))}"
+        )
+    marked = marked.cpu()
+    if not bool(marked.any()):
+        raise DataError("shortcut detection needs watermarked training points; meta['marked'] has none")
+    marked_labels = train.y.cpu()[marked]
+    if not bool((marked_labels == shortcut).all()):
+        raise DataError(
+            f"every watermarked training point must be labelled shortcut_class = {shortcut}; found "
+            f"labels {sorted(set(marked_labels.tolist()))}. Set shortcut_class to the marked class"
+        )
+    true_y = test.y.to(targets.device)
+    selected = (targets == shortcut) & (true_y != shortcut)
+    n_other = int((true_y != shortcut).sum())
+    if not bool(selected.any()):
+        raise DataError(
+            f"shortcut detection found no test point predicted as the shortcut class {shortcut} with "
+            f"another true label (among {n_test} test points, {n_other} labelled otherwise): the "
+            "model did not learn the shortcut, or there are too few test points"
+        )
+    return marked, selected, n_other

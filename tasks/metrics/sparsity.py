@@ -11,7 +11,8 @@ point ``j`` with attribution row ``a = A[j, :]`` of ``n = n_train`` entries:
 
 Each is averaged over test points. An all-zero row counts as fully sparse (l0_eps = H = 1); with a
 single training point (``n = 1``) Hoyer's denominator vanishes and H is taken as 1.
-Accumulation is in float64, over chunks of rows to bound memory, on ``ctx.device`` when set.
+Accumulation is in float64, on ``ctx.device`` when set. Streamed: the reader
+(:class:`harness.measures.SparsityRows`) keeps three numbers per test point, never the matrix.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ import math
 from dataclasses import dataclass
 
 from harness.config import Config, ConfigError, option
-from harness.measures import sparsity_rows
-from harness.protocols import DataError, Metric, MetricContext, MetricResult
+from harness.measures import SparsityRows
+from harness.protocols import DataError, Metric, MetricContext, MetricResult, Reader
 
 log = logging.getLogger(__name__)
-
-_ROWS_PER_CHUNK = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,8 +50,12 @@ class Sparsity(Metric):
     version = "1"
     direction = "higher"
 
+    def reader(self, ctx: MetricContext) -> SparsityReader:
+        """The three measures of every test point."""
+        return SparsityReader(self.config.eps, ctx.device)  # type: ignore[attr-defined]
+
     def compute(self, ctx: MetricContext) -> MetricResult:
-        """Sparsity of ``ctx.explanations`` ``(n_test, n_train)``.
+        """Sparsity of the explanations ``(n_test, n_train)`` (read through :meth:`reader`).
 
         Returns
         -------
@@ -63,17 +66,18 @@ class Sparsity(Metric):
         Raises
         ------
         DataError
-            When the explanations contain NaN or infinite values.
+            When the explanations are empty or contain NaN or infinite values.
         """
-        eps: float = self.config.eps  # type: ignore[attr-defined]
-        explanations = ctx.explanations
-        if explanations.ndim != 2 or explanations.shape[0] == 0 or explanations.shape[1] == 0:
-            raise DataError(
-                f"sparsity needs a non-empty (n_test, n_train) matrix, got {tuple(explanations.shape)}"
-            )
+        n_test, n_train = len(ctx.data.test), len(ctx.data.train)
+        if n_test == 0 or n_train == 0:
+            raise DataError(f"sparsity needs a non-empty (n_test, n_train) matrix, got ({n_test}, {n_train})")
         try:
-            rows = sparsity_rows(explanations, eps, ctx.device)
-        except ValueError as err:
+            rows = ctx.read(self, SparsityReader).rows()
+        except ValueError as err:  # NaN or inf (DataError is a ValueError too)
             raise DataError(str(err)) from err
         details = {key: math.fsum(values.tolist()) / len(values) for key, values in rows.items()}
         return MetricResult(value=details["l0_eps"], details=details, per_point=rows["l0_eps"].tolist())
+
+
+class SparsityReader(SparsityRows, Reader):
+    """:class:`harness.measures.SparsityRows` (the record's sparsity too) as this metric's reader."""

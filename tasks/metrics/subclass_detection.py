@@ -25,7 +25,8 @@ Computed by quanda 0.5.0's ``SubclassDetectionMetric`` (parameter ``s`` = our ``
 explained test point counts, as in the paper), which does exactly this: ``explanations.topk(k=
 min(s, n_train), dim=1)``, looks up ``f`` at the chosen indices and averages the per-point match
 fractions. Ties at the k-th place are broken by ``torch.topk`` (unspecified order), as in class
-detection.
+detection. Streamed like class detection: quanda's metric is fed one chunk of test points at a time
+and keeps one share per test point.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 
 from harness.config import Config, option, require_positive_int
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-from tasks.metrics._quanda import LabelledTensors
+from tasks.metrics._quanda import LabelledTensors, QuandaStream
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -89,16 +90,41 @@ class SubclassDetection(Metric):
     direction = "higher"
     requires_variant = "group"
 
+    def reader(self, ctx: MetricContext) -> QuandaStream:
+        """quanda's ``SubclassDetectionMetric``, fed chunk by chunk: it keeps one share per test point.
+
+        Raises
+        ------
+        DataError
+            When ``fine_labels`` is missing or malformed on either split.
+        """
+        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from quanda.metrics.downstream_eval import SubclassDetectionMetric
+
+        train_fine = _fine_labels(ctx.data.train, ctx.data.variant)
+        test_fine = _fine_labels(ctx.data.test, ctx.data.variant)
+        top_k: int = self.config.top_k  # type: ignore[attr-defined]
+        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        metric = SubclassDetectionMetric(
+            model=ctx.model, train_dataset=train, train_subclass_labels=train_fine, s=top_k
+        )
+        return QuandaStream(
+            metric,
+            lambda rows, chunk: {"explanations": chunk, "test_targets": test_fine[rows]},
+            kept=f"the share of the top-{top_k} of the test point's fine class, per test point",
+        )
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """Subclass detection over all explained test points.
 
         Parameters
         ----------
         ctx:
-            ``explanations`` ``(n_test, n_train)`` (computed for the predicted superclasses),
-            ``targets`` ``(n_test,)`` predicted superclasses, ``data.train.meta["fine_labels"]``
-            ``(n_train,)`` and ``data.test.meta["fine_labels"]`` ``(n_test,)`` original classes,
-            ``model`` (quanda places its work on the model's device).
+            The explanations ``(n_test, n_train)`` (computed for the predicted superclasses; read
+            through :meth:`reader`), ``targets`` ``(n_test,)`` predicted superclasses,
+            ``data.train.meta["fine_labels"]`` ``(n_train,)`` and ``data.test.meta["fine_labels"]``
+            ``(n_test,)`` original classes, ``model`` (quanda places its work on the model's device).
 
         Returns
         -------
@@ -113,33 +139,19 @@ class SubclassDetection(Metric):
             When the shapes of explanations or targets do not match the data, when the
             explanations are not finite, or when ``fine_labels`` is missing or malformed.
         """
-        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
-            warnings.simplefilter("ignore", FutureWarning)
-            from quanda.metrics.downstream_eval import SubclassDetectionMetric
-
-        explanations, targets = ctx.explanations, ctx.targets
+        targets = ctx.targets
         n_test, n_train = len(ctx.data.test), len(ctx.data.train)
-        if tuple(explanations.shape) != (n_test, n_train) or tuple(targets.shape) != (n_test,):
+        if tuple(targets.shape) != (n_test,):
             raise DataError(
-                f"subclass detection needs explanations of shape (n_test, n_train) = ({n_test}, "
-                f"{n_train}) and targets of shape (n_test,) = ({n_test},); got "
-                f"{tuple(explanations.shape)} and {tuple(targets.shape)}"
+                f"subclass detection needs targets of shape (n_test,) = ({n_test},); got "
+                f"{tuple(targets.shape)}"
             )
         if n_test == 0:
             raise DataError("subclass detection needs at least one explained test point, got none")
-        if not torch.isfinite(explanations).all():
-            raise DataError("subclass detection needs finite attributions; got NaN or infinite values")
-        train_fine = _fine_labels(ctx.data.train, ctx.data.variant)
-        test_fine = _fine_labels(ctx.data.test, ctx.data.variant)
-
-        top_k: int = self.config.top_k  # type: ignore[attr-defined]
-        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
-        metric = SubclassDetectionMetric(
-            model=ctx.model, train_dataset=train, train_subclass_labels=train_fine, s=top_k
-        )
-        metric.update(explanations=explanations.detach(), test_targets=test_fine)
+        metric = ctx.read(self, QuandaStream).metric
         value = float(metric.compute()["score"])
         accuracy = float((targets.detach().cpu() == ctx.data.test.y.cpu()).double().mean())
+        top_k: int = self.config.top_k  # type: ignore[attr-defined]
         details = {"top_k": min(top_k, n_train), "n_test": n_test, "superclass_accuracy": accuracy}
         per_point = [float(v) for v in metric._per_sample_scores().cpu()]
         return MetricResult(value=value, details=details, per_point=per_point)

@@ -22,6 +22,8 @@ Computed by quanda 0.5.0's ``TopKCardinalityMetric`` (parameter ``top_k``), whic
 this: ``explanations.topk(k, dim=1)`` per row, ``len(unique(all indices)) / numel(all indices)``.
 Quanda does not cap ``k`` (``topk`` fails for ``k > n_train``); this metric passes
 ``min(top_k, n_train)``. Ties at the k-th place are broken by ``torch.topk`` (unspecified order).
+Streamed: quanda's metric is fed one chunk of test points at a time and keeps the top-k indices of
+every test point (``n_test x k``), never the matrix.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 
 from harness.config import Config, option, require_positive_int
 from harness.protocols import DataError, Metric, MetricContext, MetricResult
-from tasks.metrics._quanda import LabelledTensors
+from tasks.metrics._quanda import LabelledTensors, QuandaStream
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +58,29 @@ class TopKCardinality(Metric):
     version = "1"
     direction = "higher"
 
+    def reader(self, ctx: MetricContext) -> QuandaStream:
+        """quanda's ``TopKCardinalityMetric``, fed chunk by chunk: it keeps top-k indices per test point."""
+        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from quanda.metrics.heuristics import TopKCardinalityMetric
+
+        k = min(self.config.top_k, len(ctx.data.train))  # type: ignore[attr-defined]
+        metric = TopKCardinalityMetric(
+            model=ctx.model, train_dataset=LabelledTensors(ctx.data.train.x, ctx.data.train.y), top_k=k
+        )
+        return QuandaStream(
+            metric, lambda rows, chunk: {"explanations": chunk}, kept=f"top-{k} indices per test point"
+        )
+
     def compute(self, ctx: MetricContext) -> MetricResult:
         """Top-k cardinality over all explained test points.
 
         Parameters
         ----------
         ctx:
-            ``explanations`` ``(n_test, n_train)``; ``targets`` ``(n_test,)`` is shape-checked
-            only; ``model`` (quanda places its work on the model's device).
+            The explanations ``(n_test, n_train)`` (read through :meth:`reader`); ``targets``
+            ``(n_test,)`` is shape-checked only; ``model`` (quanda places its work on the model's
+            device).
 
         Returns
         -------
@@ -78,28 +95,17 @@ class TopKCardinality(Metric):
             When the shapes of explanations or targets do not match the data, there is no test
             point, or the attributions are not finite.
         """
-        with warnings.catch_warnings():  # quanda's import chain warns about torch.jit.script
-            warnings.simplefilter("ignore", FutureWarning)
-            from quanda.metrics.heuristics import TopKCardinalityMetric
-
-        explanations, targets = ctx.explanations, ctx.targets
+        targets = ctx.targets
         n_test, n_train = len(ctx.data.test), len(ctx.data.train)
-        if tuple(explanations.shape) != (n_test, n_train) or tuple(targets.shape) != (n_test,):
+        if tuple(targets.shape) != (n_test,):
             raise DataError(
-                f"top-k cardinality needs explanations of shape (n_test, n_train) = ({n_test}, "
-                f"{n_train}) and targets of shape (n_test,) = ({n_test},); got "
-                f"{tuple(explanations.shape)} and {tuple(targets.shape)}"
+                f"top-k cardinality needs targets of shape (n_test,) = ({n_test},); got "
+                f"{tuple(targets.shape)}"
             )
         if n_test == 0 or n_train == 0:
             raise DataError(f"top-k cardinality needs test and training points, got ({n_test}, {n_train})")
-        if not torch.isfinite(explanations).all():
-            raise DataError("top-k cardinality needs finite attributions; got NaN or infinite values")
-
-        k = min(self.config.top_k, n_train)  # type: ignore[attr-defined]
-        metric = TopKCardinalityMetric(
-            model=ctx.model, train_dataset=LabelledTensors(ctx.data.train.x, ctx.data.train.y), top_k=k
-        )
-        metric.update(explanations=explanations.detach())
+        metric = ctx.read(self, QuandaStream).metric
         value = float(metric.compute()["score"])
         n_distinct = len(torch.unique(metric.state_dict()["all_top_k_examples"]))
+        k = min(self.config.top_k, n_train)  # type: ignore[attr-defined]
         return MetricResult(value=value, details={"top_k": k, "n_test": n_test, "n_distinct": n_distinct})
