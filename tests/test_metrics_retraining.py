@@ -37,6 +37,12 @@ from tasks.metrics.model_randomization import ModelRandomization
 N_TRAIN, N_TEST, D, K = 30, 6, 4, 3
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _quanda_imported_once() -> None:
+    """Import quanda (about 10 s) once for this module rather than inside the first test."""
+    import quanda  # noqa: F401  (a hard dependency: a failed import must fail, not skip)
+
+
 class Known(Counterfactuals):
     """Stand-in retraining: the model of subset S is ``x -> x @ W_S`` with ``W_S`` a fixed function of S."""
 
@@ -332,6 +338,7 @@ def test_retrainer_takes_the_step_budget_as_a_keyword_and_keys_the_cache_by_it(
         Retrainer(task, data, 0, cache, select_device(), full_steps=0)
 
 
+@pytest.mark.slow  # two worker processes, each importing torch and training: about 30 s
 def test_retrainer_worker_processes_give_the_same_models(toy_setup, tmp_path: Path) -> None:
     task, data, _ = toy_setup
     subsets = [torch.arange(0, 20), torch.arange(10, 40), torch.arange(5, 45, 2)]
@@ -358,6 +365,7 @@ def test_retrainer_bad_input(toy_setup, tmp_path: Path) -> None:
 
 
 # ----- end to end through the runner ------------------------------------------------------------
+@pytest.mark.slow  # trains the toy model and 16 counterfactual models, refits on a random one: 30-50 s
 def test_retraining_metrics_in_a_run(tmp_path: Path) -> None:
     spec = RunSpec(
         task=ComponentSpec("toy"),
