@@ -19,6 +19,7 @@ from typing import Any
 from dabench import xda_command
 from harness.cache import CacheConflictError
 from harness.config import ConfigError, parse_key_values
+from harness.kept_models import KeptModelError, keep_models, restore_models
 from harness.protocols import CapabilityError, DataError
 from harness.records import RecordError
 from harness.registry import METHODS, METRICS, TASKS, RegistryError, load_installed_plugins, load_plugin
@@ -31,6 +32,7 @@ USER_ERRORS = (
     CacheConflictError,
     FileNotFoundError,
     RecordError,
+    KeptModelError,
 )
 REGISTRIES = {"methods": METHODS, "tasks": TASKS, "metrics": METRICS}
 DEFAULT_METRICS = "class_detection,sparsity"
@@ -86,6 +88,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--retry-failed",
         action="store_true",
         help="also rerun specs whose record failed (default: only specs without a record run)",
+    )
+    parser.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="copy the trained model of each record written into RESULTS_DIR/models, so that a later "
+        "resume (another day or machine) uses the same weights; kept models there are always copied "
+        "into the cache before the runs",
     )
     group = parser.add_argument_group("dispatch (where the runs execute)")
     group.add_argument(
@@ -390,7 +399,10 @@ def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
         raise ConfigError("--retrain-workers must be at least 1")
     specs = [dataclasses.replace(s, retrain_workers=args.retrain_workers) for s in specs]
 
+    written: list[Any] = []
+
     def show(record: dict[str, Any], path: Any) -> None:
+        written.append(record)
         print(_one_line(record), flush=True)
 
     def announce(index: int, total: int, what: str) -> None:
@@ -409,14 +421,24 @@ def _run_specs(specs: list[Any], args: argparse.Namespace) -> int:
         time_limit_min=args.time_limit,
         mem_gb=args.mem_gb,
     )
-    outcome = run_grid(
-        specs,
-        force=args.force,
-        retry_failed=args.retry_failed,
-        dispatch=dispatch,
-        on_record=show,
-        on_start=announce,
-    )
+    folders = sorted({(s.results_dir, s.cache_dir) for s in specs})
+    for results_dir, cache_dir in folders:
+        for entry in restore_models(results_dir, cache_dir):
+            print(f"model {entry.parent.name}/{entry.name}: restored from {results_dir}/models", flush=True)
+    try:
+        outcome = run_grid(
+            specs,
+            force=args.force,
+            retry_failed=args.retry_failed,
+            dispatch=dispatch,
+            on_record=show,
+            on_start=announce,
+        )
+    finally:  # an interrupted suite keeps the models of the records it wrote
+        if args.keep_models:
+            for results_dir, cache_dir in folders:
+                for entry in keep_models(written, results_dir, cache_dir):
+                    print(f"model {entry.parent.name}/{entry.name}: kept in {results_dir}/models", flush=True)
     print(
         f"records: {len(outcome.written)} written, {len(outcome.skipped)} already recorded "
         f"(skipped; --force reruns all, --retry-failed the failed ones), {len(outcome.failed)} failed -> "

@@ -198,6 +198,58 @@ class Cache:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def copy_entry(source: Path, target: Path) -> bool:
+    """Copy the cache entry at ``source`` to the entry path ``target`` (in another cache root).
+
+    The source is checked against its checksums first; the copy is built in a temporary sibling of
+    ``target`` and moved into place with one rename under the target's lock, as every entry is
+    written. Returns False when ``target`` already holds the same entry (same key, same checksums).
+
+    Raises
+    ------
+    CorruptEntryError
+        ``source`` fails its checksums.
+    CacheConflictError
+        ``target`` holds a complete entry with another key or other bytes (e.g. the same model
+        trained again elsewhere with different weights): copying over it would change what the
+        target cache's readers get, so the caller must decide.
+    """
+    checksums = _verify(source)
+    with _entry_lock(target):
+        if (target / KEY).exists():
+            _same_entry(source, target, checksums)
+            return False
+        _remove_stale_temporaries(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            for name in [*_payload_files(source), CHECKSUMS, KEY]:  # key.json last, as in _write
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, tmp / name)
+            _verify(tmp)
+            _share_like_umask(tmp)
+            os.rename(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def _same_entry(source: Path, target: Path, checksums: dict[str, str]) -> None:
+    """Raise :class:`CacheConflictError` unless ``target`` holds the entry ``source`` holds."""
+    try:
+        held = json.loads((target / CHECKSUMS).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CacheConflictError(
+            f"cache entry {target} cannot be compared with {source} ({type(err).__name__}: {err}); "
+            f"delete {target} so that it is copied again"
+        ) from err
+    if held != checksums:
+        raise CacheConflictError(
+            f"cache entry {target} holds other bytes than {source} (same address, e.g. the model "
+            f"trained again elsewhere); delete {target} to use {source}, or use another cache folder"
+        )
+
+
 @contextlib.contextmanager
 def _entry_lock(path: Path) -> Iterator[None]:
     """An exclusive ``fcntl.flock`` on ``<entry>.lock`` beside the entry (released on exit)."""
