@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     setup = set_up(task, spec.seed, spec.cache_dir)  # the model of a `dabench run` with these options
     setup.fit(method, spec.seed)
     data, model = setup.data, setup.model
-    predictions = predict(model, data.test.x, spec.timing.batch_size)
+    predictions = predict(model, data.test.inputs, spec.timing.batch_size)
 
     region = shortcut = None
     if data.variant == "mark":
@@ -183,11 +183,11 @@ def run(args: argparse.Namespace) -> int:
     result = xda.xda_for_test_point(
         model,
         method,
-        data.test.x[index : index + 1],
-        data.train.x,
+        data.test.inputs[index : index + 1],
+        data.train.inputs,
         top=args.top,
         composite=composite,
-        bounds=xda.input_range(data.train.x),
+        bounds=xda.input_range(data.train.inputs),
         zero_bias=not args.keep_biases,
         region=region,
         train_labels=data.train.y,

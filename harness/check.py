@@ -134,7 +134,7 @@ def _check_lifecycle(cls: type[Method], config: Any, workdir: Path) -> list[Chec
     data = load_task_data(task)
     device = select_device()
     model, _ = get_or_train_model(task, data, seed=0, cache=Cache(workdir / "models"), device=device)
-    x = data.test.x.to(device)
+    x = data.test.materialise().to(device)  # the toy task's 24 test points
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     n_test, n_train = len(x), len(data.train)

@@ -33,6 +33,7 @@ from harness.protocols import (
     Checkpoint,
     Counterfactuals,
     DataError,
+    Inputs,
     Task,
     TaskData,
     TrainedModel,
@@ -138,7 +139,9 @@ def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def predict(model: nn.Module, x: Tensor | Inputs, batch_size: int) -> Tensor:
+    """``(n,)`` long on the CPU: ``model``'s predicted class of each row of ``x`` (a tensor or a split's
+    :class:`~harness.protocols.Inputs`, read ``batch_size`` rows at a time)."""
     import torch
 
     device = next(model.parameters()).device
@@ -326,13 +329,8 @@ class Retrainer(Counterfactuals):
         import torch
 
         index = torch.unique(subset.detach().cpu().long())
-        train = self.data.train
-        meta = {
-            k: v[index] if getattr(v, "shape", None) is not None and v.shape[:1] == (len(train),) else v
-            for k, v in train.meta.items()
-        }
-        subset_train = dataclasses.replace(train, x=train.x[index], y=train.y[index], meta=meta)
-        return dataclasses.replace(self.data, train=subset_train)
+        # the subset's stored (compact) rows are copied, never normalised: it pickles small to workers
+        return dataclasses.replace(self.data, train=self.data.train.take(index))
 
     def _train(self, task: Task, subset: Tensor) -> Artefact:
         self.trained += 1

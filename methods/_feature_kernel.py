@@ -121,7 +121,10 @@ class FeatureKernelMethod(Method):
         extras. Meta: sizes, the solver's diagnostics and :func:`surrogate_faithfulness`.
         """
         assert self.device_ is not None
-        phi = penultimate_features(model, train.x, self._batch_size(), self.device_)
+        batch_size = self._batch_size()
+        phi = torch.cat(
+            [penultimate_features(model, x, batch_size, self.device_) for x, _ in train.batches(batch_size)]
+        )
         if not torch.isfinite(phi).all():
             bad = torch.nonzero(~torch.isfinite(phi).all(dim=1)).flatten().cpu()
             raise DataError(

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import DataError
+from harness.protocols import DataError, Inputs
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -184,7 +184,7 @@ def per_sample_gradients(
     model: nn.Module,
     params: dict[str, Tensor],
     buffers: dict[str, Tensor],
-    x: Tensor,
+    x: Tensor | Inputs,
     classes: Tensor,
     *,
     kind: GradientKind,
@@ -202,7 +202,8 @@ def per_sample_gradients(
     params, buffers:
         From :func:`model_state`: the weights the gradients are taken at.
     x:
-        ``(n, *input_shape)`` inputs, on any device.
+        ``(n, *input_shape)`` inputs, on any device, or a split's :class:`~harness.protocols.Inputs`
+        (read a batch at a time).
     classes:
         ``(n,)`` long: the label of the cross-entropy (``kind="loss"``) or the logit's index
         (``kind="logit"``).
@@ -304,7 +305,7 @@ def check_classes(classes: Tensor, n: int, num_classes: int, what: str, method: 
         )
 
 
-def num_outputs(model: nn.Module, x: Tensor) -> int:
+def num_outputs(model: nn.Module, x: Tensor | Inputs) -> int:
     """Number of logits of ``model`` (one forward pass of the first input, no grad)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

@@ -46,7 +46,7 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option, require_finite, require_positive_int
-from harness.protocols import DataError, Method, Split
+from harness.protocols import DataError, Inputs, Method, Split
 from methods._gradients import per_sample_gradients
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ class ArnoldiIF(Method):
         indices = torch.arange(n) if n_h == n else torch.randperm(n, generator=gen)[:n_h].sort().values
         inst = self._build(model, train, indices, self._layers, R=None)
         r_flat = torch.stack([torch.cat([t.reshape(-1) for t in vec]) for vec in inst.R])
-        emb = self._embed(inst, train.x, train.y, test=False)
+        emb = self._embed(inst, train.inputs, train.y, test=False)
         log.info("arnoldi: kept %d eigenpairs of %d requested", len(inst.R), cfg.projection_dim)
         return Artefact(
             tensors={"R": r_flat.cpu(), "train_emb": emb.cpu(), "hessian_indices": indices},
@@ -227,7 +227,6 @@ class ArnoldiIF(Method):
     ) -> Any:
         """captum's ArnoldiInfluenceFunction; with ``R`` given, its iteration is skipped (cache hit)."""
         from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
-        from torch.utils.data import TensorDataset
 
         class _Arnoldi(ArnoldiInfluenceFunction):
             def _retrieve_projections_arnoldi_influence_function(self, *args: Any, **kwargs: Any) -> Any:
@@ -237,8 +236,10 @@ class ArnoldiIF(Method):
 
         cfg = self.config
         device = _params(model, layers)[0].device
-        train_set = TensorDataset(train.x.to(device), train.y.to(device).long())
-        hessian_set = TensorDataset(train.x[indices].to(device), train.y[indices].to(device).long())
+        # DataLoaders of whole batches, read from the split as captum iterates (the batches its own
+        # DataLoader would make of a TensorDataset of the whole split, without materialising it)
+        train_set = _batch_loader(train, None, cfg.batch_size, device)
+        hessian_set = _batch_loader(train, indices, cfg.batch_size, device)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # captum calls torch.manual_seed(seed), DataLoaders
             return _Arnoldi(
@@ -261,7 +262,7 @@ class ArnoldiIF(Method):
                 show_progress=False,
             )
 
-    def _embed(self, inst: Any, x: Tensor, y: Tensor, *, test: bool) -> Tensor:
+    def _embed(self, inst: Any, x: Tensor | Inputs, y: Tensor, *, test: bool) -> Tensor:
         """``(n, k)`` embeddings ``R^T g(x, y)`` in batches, on the model's device.
 
         ``embeddings="func"``: per-sample CE gradients of the attributed parameters, vmapped with
@@ -292,7 +293,7 @@ class ArnoldiIF(Method):
             self._projection = _Projection(r_flat.T.contiguous(), owner=inst)
         return self._projection
 
-    def _embed_func(self, model: nn.Module, projection: _Projection, x: Tensor, y: Tensor) -> Tensor:
+    def _embed_func(self, model: nn.Module, projection: _Projection, x: Tensor | Inputs, y: Tensor) -> Tensor:
         name_of = {id(p): n for n, p in model.named_parameters()}
         attributed = _params(model, self._layers)  # captum's order, the order of R's columns
         params = {name_of[id(p)]: p.detach() for p in attributed}
@@ -378,3 +379,27 @@ def _params(model: nn.Module, layers: list[str] | None) -> list[Tensor]:
     if not params:
         raise DataError(f"Arnoldi: model {type(model).__name__} has no parameters")
     return params
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch ``k`` of a split's points ``rows`` (all: None), normalised and on ``device``: ``(x, y)``."""
+
+    def __init__(self, train: Split, rows: Tensor | None, batch_size: int, device: torch.device) -> None:
+        self.inputs, self.y, self.batch_size, self.device = train.inputs, train.y, batch_size, device
+        self.rows = None if rows is None else rows.detach().cpu().long()
+        self.n = len(train) if self.rows is None else int(self.rows.numel())
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= k < len(self):
+            raise IndexError(f"batch {k} is out of range for {len(self)} batches")
+        part = slice(k * self.batch_size, (k + 1) * self.batch_size)
+        index = part if self.rows is None else self.rows[part]
+        return self.inputs[index].to(self.device), self.y[index].to(self.device).long()
+
+
+def _batch_loader(train: Split, rows: Tensor | None, batch_size: int, device: torch.device) -> Any:
+    """A DataLoader that yields :class:`_Batches` as they are (``batch_size=None``: no collation)."""
+    return torch.utils.data.DataLoader(_Batches(train, rows, batch_size, device), batch_size=None)

@@ -64,7 +64,7 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import CHECKPOINTS_ATTR, DataError, Method, Split
+from harness.protocols import CHECKPOINTS_ATTR, DataError, Inputs, Method, Split
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -234,17 +234,38 @@ def _analyzer(
 
 
 class _RepeatedDataset(torch.utils.data.Dataset):
-    """Each point of ``(x, y)`` ``repeats`` times in a row (more label draws for the true Fisher)."""
+    """``(x_i, y_i)`` of a split's inputs in the analysis dtype, each point ``repeats`` times in a row
+    (more label draws for the true Fisher).
 
-    def __init__(self, x: Tensor, y: Tensor, repeats: int) -> None:
-        self.x, self.y, self.repeats = x, y, repeats
+    The inputs are read (normalised) a block of about 16 MB at a time, kept until an item outside it
+    is asked for: kronfluence reads the points in order, so a pass normalises each block once, and
+    the whole split is never materialised. Items equal those of a ``TensorDataset`` of the whole
+    converted tensor. (The class keeps its former name: kronfluence writes it into the metadata of
+    the factors in cached entries.)
+    """
+
+    BLOCK_BYTES = 16 * 2**20
+
+    def __init__(self, inputs: Inputs, y: Tensor, dtype: torch.dtype, repeats: int = 1) -> None:
+        self.inputs, self.y, self.dtype, self.repeats = inputs, y.detach().cpu().long(), dtype, repeats
+        row_bytes = max(1, inputs.stored[0].numel() if len(inputs) else 1) * torch.finfo(dtype).bits // 8
+        self.block = max(1, self.BLOCK_BYTES // row_bytes)
+        self._start: int | None = None
+        self._rows: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0]) * self.repeats
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         i = index // self.repeats
-        return self.x[i], self.y[i]
+        if not 0 <= i < int(self.y.shape[0]):
+            raise IndexError(f"index {index} is out of range for {len(self)} items")
+        start = i - i % self.block
+        if start != self._start or self._rows is None:
+            rows = self.inputs[start : start + self.block]
+            self._rows = rows.to(self.dtype) if rows.is_floating_point() else rows
+            self._start = start
+        return self._rows[i - start], self.y[i]
 
 
 class EKFAC(Method):
@@ -399,7 +420,7 @@ class EKFAC(Method):
         assert self.device_ is not None and self.wrapped_model_ is not None
         folder = self.scratch_dir()
         repeats = cfg.fisher_samples if cfg.fisher == "true" else 1
-        dataset = _RepeatedDataset(*_cpu_tensors(train.x, train.y, self._dtype), repeats)
+        dataset = _RepeatedDataset(train.inputs, train.y, self._dtype, repeats)
         batch = min(cfg.factor_batch_size, len(dataset))
         log.info(
             "ekfac: fitting %s factors on %d training points (%d label draws each), %d modules",
@@ -491,9 +512,7 @@ class EKFAC(Method):
                 scores_name=name,
                 factors_name=cfg.strategy,
                 query_dataset=torch.utils.data.TensorDataset(*_cpu_tensors(x, targets, self._dtype)),
-                train_dataset=torch.utils.data.TensorDataset(
-                    *_cpu_tensors(self._train.x, self._train.y, self._dtype)
-                ),
+                train_dataset=_RepeatedDataset(self._train.inputs, self._train.y, self._dtype),
                 per_device_query_batch_size=min(cfg.query_batch_size, x.shape[0]),
                 per_device_train_batch_size=min(cfg.train_batch_size, n_train),
                 score_args=self._score_args(),
@@ -516,9 +535,7 @@ class EKFAC(Method):
                 analyzer.compute_self_scores(
                     scores_name=name,
                     factors_name=self.config.strategy,
-                    train_dataset=torch.utils.data.TensorDataset(
-                        *_cpu_tensors(self._train.x, self._train.y, self._dtype)
-                    ),
+                    train_dataset=_RepeatedDataset(self._train.inputs, self._train.y, self._dtype),
                     per_device_train_batch_size=min(self.config.train_batch_size, n_train),
                     score_args=self._score_args(),
                     overwrite_output_dir=True,

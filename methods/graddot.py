@@ -174,7 +174,7 @@ class GradDot(Method):
             raise DataError(f"{name}: the training set is empty")
         if next(model.parameters(), None) is None:
             raise DataError(f"{name}: the model has no parameters to take gradients of")
-        self.num_classes_ = num_outputs(model, train.x)
+        self.num_classes_ = num_outputs(model, train.inputs)
         check_classes(train.y, len(train), self.num_classes_, "training labels", name)
         self._params, self._buffers = model_state(model)
         self._projector = make_projector(self._params, self.config)
@@ -199,7 +199,7 @@ class GradDot(Method):
             model,
             self._params,
             self._buffers,
-            train.x,
+            train.inputs,
             train.y,
             kind=cfg.train_gradient,
             batch_size=cfg.batch_size,

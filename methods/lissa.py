@@ -41,7 +41,7 @@ Self-influence ``g_i^T (H + scale * damping I)^{-1} g_i / N`` (the training poin
 its training-label loss) is one LiSSA recursion per training point, run on all of them together in
 chunks of ``self_influence_chunk`` rows with the batches of an explain call: it costs as much as
 explaining the whole training set (at the paper's MNIST settings 60,000 points x 60,000 HVP steps), and
-each value equals the diagonal entry of ``explain(train.x, train.y)`` (tests).
+each value equals the diagonal entry of ``explain(train.materialise(), train.y)`` (tests).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import DataError, Method, Split, feature_split
+from harness.protocols import DataError, Inputs, Method, Split, feature_split
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -184,7 +184,7 @@ class LiSSA(Method):
         self.theta_: Tensor | None = None  # (P,) the classifier's parameters, flattened
         self.num_classes_: int | None = None
         self._loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
-        self._train_x: Tensor | None = None  # kept for the reference path only
+        self._train_x: Inputs | None = None  # kept for the reference path only
         self._last_relative_step: float | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------
@@ -212,7 +212,7 @@ class LiSSA(Method):
         if next(classifier.parameters(), None) is None:
             raise DataError("LiSSA: the classifier has no parameters to compute influence over")
         assert self.device_ is not None
-        k = _num_classes(classifier, lambda: self._features(features, train.x[:1], self.device_))
+        k = _num_classes(classifier, lambda: self._features(features, train.inputs[:1], self.device_))
         labels = train.y.reshape(-1)
         if int(labels.max()) >= k or int(labels.min()) < 0:
             raise DataError(f"LiSSA: training labels must lie in 0..{k - 1} (the model's outputs)")
@@ -230,7 +230,7 @@ class LiSSA(Method):
         features, _ = feature_split(model)
         return Artefact(
             tensors={
-                "phi": self._features(features, train.x, self.device_).cpu(),
+                "phi": self._features(features, train.inputs, self.device_).cpu(),
                 "labels": train.y.detach().cpu().long(),
             },
             meta={"n_train": len(train)},
@@ -243,7 +243,7 @@ class LiSSA(Method):
         self.phi_ = artefact.tensors["phi"].to(self.device_).clone()
         self.labels_ = artefact.tensors["labels"].to(self.device_)
         self.train_grads_ = self._grads(self.phi_, self.labels_)
-        self._train_x = train.x
+        self._train_x = train.inputs
         log.info(
             "lissa: %d training points, %d last-layer parameters, damping on H %g",
             len(train),
@@ -251,7 +251,7 @@ class LiSSA(Method):
             self.config.effective_damping,
         )
 
-    def _features(self, features: nn.Module, x: Tensor, device: torch.device) -> Tensor:
+    def _features(self, features: nn.Module, x: Tensor | Inputs, device: torch.device) -> Tensor:
         """``(n, d)`` penultimate features of ``x`` in batches, no grad, the model's mode untouched."""
         bs = self.config.batch_size
         with torch.no_grad():
@@ -292,7 +292,7 @@ class LiSSA(Method):
 
         The recursions of all training points run ``self_influence_chunk`` at a time through the
         same seeded batches as :meth:`explain`, so entry ``i`` equals the diagonal entry of
-        ``explain(train.x, train.y)``.
+        ``explain(train.materialise(), train.y)``.
         """
         self._require_fitted()
         assert self.train_grads_ is not None

@@ -37,7 +37,7 @@ import torch
 
 from harness.cache import Artefact
 from harness.config import Config, ConfigError, option
-from harness.protocols import Method, Split, feature_split
+from harness.protocols import Inputs, Method, Split, feature_split
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -85,7 +85,7 @@ class _Similarity(Method):
         """``(n, d)`` float32 representation of a batch ``x`` ``(n, *input_shape)`` (no grad)."""
         raise NotImplementedError
 
-    def _features(self, model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
+    def _features(self, model: nn.Module, x: Tensor | Inputs, device: torch.device) -> Tensor:
         """``(n, d)`` float32 representations of ``x``, in batches, no grad, model in eval mode."""
         batch_size = self.config.batch_size  # type: ignore[attr-defined]
         was_training = model.training
@@ -114,7 +114,7 @@ class _Similarity(Method):
             "%s: computing %s of %d training points", self.name or type(self).__name__, self.layer, len(train)
         )
         assert self.device_ is not None
-        features = self._features(model, train.x, self.device_)
+        features = self._features(model, train.inputs, self.device_)
         return Artefact(
             tensors={
                 "features": features.detach().to("cpu", torch.float32).contiguous(),

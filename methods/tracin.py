@@ -176,7 +176,7 @@ class TracIn(Method):
         self._checkpoints = [available[i] for i in select_checkpoints(len(available), cfg.max_checkpoints)]
         if len(train) == 0:
             raise DataError(f"{name}: the training set is empty")
-        self.num_classes_ = num_outputs(model, train.x)
+        self.num_classes_ = num_outputs(model, train.inputs)
         check_classes(train.y, len(train), self.num_classes_, "training labels", name)
         self._states = [model_state(model, ck.state) for ck in self._checkpoints]
         self.lrs_ = [float(ck.lr) for ck in self._checkpoints]
@@ -215,7 +215,7 @@ class TracIn(Method):
                 model,
                 params,
                 buffers,
-                train.x,
+                train.inputs,
                 train.y,
                 kind="loss",
                 batch_size=self.config.batch_size,

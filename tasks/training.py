@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from harness.config import Config, ConfigError, option
-from harness.protocols import Checkpoint, TaskData, TrainedModel
+from harness.protocols import Checkpoint, Inputs, TaskData, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def make_optimizer(
 
 def train_classifier(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Inputs,
     y: Tensor,
     *,
     epochs: int,
@@ -101,7 +101,9 @@ def train_classifier(
     model:
         The classifier, ``(n, *input_shape) -> (n, num_classes)`` logits. Moved to ``device``.
     x:
-        ``(n, *input_shape)`` float training inputs (any device; moved to ``device`` once).
+        ``(n, *input_shape)`` float training inputs: a tensor (any device) or a split's
+        :class:`~harness.protocols.Inputs`; each batch is read (normalised) and moved to ``device``
+        as it is needed, so the inputs never sit on ``device`` whole.
     y:
         ``(n,)`` long training labels.
     epochs:
@@ -162,7 +164,7 @@ def train_classifier(
         raise ValueError(f"x has {x.shape[0]} rows and y {n} labels; need equal, non-zero counts")
     device = torch.device(device)
     model.to(device)
-    x_dev, y_dev = x.to(device), y.to(device=device, dtype=torch.long)
+    labels = y.detach().cpu().long()
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(generator_seed)
@@ -191,7 +193,7 @@ def train_classifier(
         while steps < total_steps:
             epoch += 1
             epoch_start = time.perf_counter()
-            order = torch.randperm(n, generator=generator).to(device)
+            order = torch.randperm(n, generator=generator)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             seen = 0
@@ -199,7 +201,7 @@ def train_classifier(
                 if steps == total_steps:
                     break
                 idx = order[first : first + batch_size]
-                xb, yb = x_dev[idx], y_dev[idx]
+                xb, yb = x[idx].to(device), labels[idx].to(device)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
@@ -252,7 +254,7 @@ def train_classifier(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, x: Tensor | Inputs, y: Tensor, *, batch_size: int = 1024) -> float:
     """Share of ``(x, y)`` that ``model`` classifies correctly, evaluated on the model's device.
 
     Parameters
@@ -260,7 +262,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) 
     model:
         A classifier; its train/eval mode is left as it is.
     x:
-        ``(n, *input_shape)`` inputs.
+        ``(n, *input_shape)`` inputs (a tensor or a split's :class:`~harness.protocols.Inputs`).
     y:
         ``(n,)`` labels.
     """
@@ -305,7 +307,7 @@ class CheckpointKeeper:
 
 
 @torch.no_grad()
-def predicted_labels(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+def predicted_labels(model: nn.Module, x: Tensor | Inputs, *, batch_size: int = 1024) -> Tensor:
     """``(n,)`` long, on CPU: ``model``'s predicted class of each row of ``x`` (mode left as it is)."""
     device = next(model.parameters()).device
     parts = [
@@ -329,10 +331,10 @@ def final_fit(model: nn.Module, data: TaskData, *, batch_size: int = 1024) -> di
     """
     model.eval()
     train = data.train
-    fitted = predicted_labels(model, train.x, batch_size=batch_size) == train.y.cpu()
+    fitted = predicted_labels(model, train.inputs, batch_size=batch_size) == train.y.cpu()
     result: dict[str, float | None] = {
         "train_accuracy_final": float(fitted.double().mean()),
-        "val_accuracy": accuracy(model, data.val.x, data.val.y, batch_size=batch_size)
+        "val_accuracy": accuracy(model, data.val.inputs, data.val.y, batch_size=batch_size)
         if len(data.val)
         else None,
     }
@@ -405,7 +407,7 @@ def train_task_model(
     keeper = CheckpointKeeper(config.lr, every=0 if config.steps is not None else config.checkpoint_every)
     history = train_classifier(
         model,
-        data.train.x,
+        data.train.inputs,
         data.train.y,
         epochs=config.epochs,
         lr=config.lr,

@@ -9,13 +9,19 @@ variants") trains one model per variant; each variant exists for one evaluation 
 - ``corrupt``: each training label is flipped with probability ``p = 0.3`` to a uniformly drawn OTHER
   class (seed 42); the flipped points are the ground truth of mislabel detection;
 - ``mark``: a watermark (a filled 6x6 square at the centre plus a 2-pixel frame on all four borders;
-  channel 0 set to 1, the other channels to 0, in [0, 1] pixel space before normalisation) on 30% of
-  the class-2 training images (seed 420) and on ALL test images (shortcut detection).
+  channel 0 set to full intensity (pixel value 1), the other channels to 0, before normalisation) on
+  30% of the class-2 training images (seed 420) and on ALL test images (shortcut detection).
 
-Everything here is a pure function of tensors; the tasks call :func:`apply_variant` on their splits in
-pixel space, before normalisation and before ``--n-train`` cuts the training set, so that a variant
-is the same set of images and labels for every training-set size. Per-point facts land in
-``Split.meta`` as ``(n,)`` tensors (they follow later reordering and cutting):
+The tasks call :func:`apply_variant` on their raw splits, before ``--n-train`` cuts the training set,
+so that a variant is the same set of images and labels for every training-set size. Labels change
+as labels only. The watermark is drawn into the stored images as they are (uint8 pixels as
+decoded, see :class:`harness.protocols.Split`), with the stored value of pixel 1.0
+(``split.normaliser.full_scale``: 255 for CIFAR-10 and AwA2, 256 for MNIST, whose file holds k/256,
+so its marked images are widened to int16); since ``255 / 255.0`` and ``256 / 256.0`` are exactly
+1.0 in float32, the normalised inputs are bitwise those of the former float-space watermark. With
+``in_place=True`` (the tasks' raw splits, fresh tensors) the images are drawn into where they lie,
+so that marking AwA2's training set costs no copy of it; otherwise the inputs are left untouched.
+Per-point facts land in ``Split.meta`` as ``(n,)`` tensors (they follow later reordering and cutting):
 
 ==========  =========================================================================================
 variant     ``meta`` entries (train; val and test where stated)
@@ -130,18 +136,63 @@ def watermark_mask(height: int, width: int, *, square: int = MARK_SQUARE, frame:
     return mask
 
 
-def add_watermark(x: Tensor) -> Tensor:
-    """Images ``x`` ``(n, C, H, W)`` in [0, 1] with the watermark drawn: channel 0 = 1, others = 0.
+def draw_watermark_(x: Tensor, full_scale: float = 1.0) -> Tensor:
+    """Draw the watermark into images ``x`` ``(n, C, H, W)`` in place: channel 0 = ``full_scale``
+    (the stored value of pixel 1.0), the other channels 0; returns ``x``.
 
-    Returns a new tensor; ``x`` is not modified.
+    Raises
+    ------
+    DataError
+        When ``x`` is not a batch of images, or its dtype cannot hold ``full_scale`` (see
+        :func:`watermark_dtype`).
     """
     if x.dim() != 4:
         raise DataError(f"the watermark is drawn on images (n, C, H, W), got shape {tuple(x.shape)}")
+    if watermark_dtype(x.dtype, full_scale) != x.dtype:
+        raise DataError(f"{x.dtype} images cannot hold the watermark's value {full_scale}")
     mask = watermark_mask(x.shape[-2], x.shape[-1])
-    out = x.clone()
     colour = torch.zeros(x.shape[1], dtype=x.dtype)
-    colour[0] = 1.0
-    out[:, :, mask] = colour[None, :, None]
+    colour[0] = full_scale
+    x[:, :, mask] = colour[None, :, None]
+    return x
+
+
+def add_watermark(x: Tensor, full_scale: float = 1.0) -> Tensor:
+    """Images ``x`` ``(n, C, H, W)`` with the watermark drawn: channel 0 = ``full_scale``, others 0.
+
+    ``full_scale`` is the value of pixel 1.0 where ``x`` is stored (1.0 for [0, 1] floats, 255 for
+    uint8). Returns a new tensor, widened (:func:`watermark_dtype`) where ``x``'s dtype cannot hold
+    ``full_scale``; ``x`` is not modified.
+    """
+    if x.dim() != 4:
+        raise DataError(f"the watermark is drawn on images (n, C, H, W), got shape {tuple(x.shape)}")
+    return draw_watermark_(x.to(watermark_dtype(x.dtype, full_scale), copy=True), full_scale)
+
+
+def watermark_dtype(dtype: torch.dtype, full_scale: float) -> torch.dtype:
+    """``dtype``, or the smallest signed integer type that holds ``full_scale`` when it does not
+    (uint8 cannot hold MNIST's 256: int16)."""
+    if dtype.is_floating_point or dtype == torch.bool:
+        return dtype
+    if full_scale <= torch.iinfo(dtype).max:
+        return dtype
+    for wider in (torch.int16, torch.int32, torch.int64):
+        if full_scale <= torch.iinfo(wider).max:
+            return wider
+    raise DataError(f"no integer dtype holds the watermark's value {full_scale}")
+
+
+def _watermarked(stored: Tensor, rows: Tensor | None, full_scale: float, in_place: bool) -> Tensor:
+    """``stored`` with the watermark on ``rows`` (``(n,)`` bool; None: every image).
+
+    In place where allowed and the dtype holds ``full_scale``; otherwise a (widened) copy.
+    """
+    dtype = watermark_dtype(stored.dtype, full_scale)
+    out = stored if in_place and dtype == stored.dtype else stored.to(dtype, copy=True)
+    if rows is None:
+        draw_watermark_(out, full_scale)
+    elif bool(rows.any()):
+        out[rows] = draw_watermark_(out[rows], full_scale)
     return out
 
 
@@ -153,12 +204,15 @@ def apply_variant(
     num_classes: int,
     *,
     corrupt_rate: float = CORRUPT_P,
+    in_place: bool = False,
 ) -> tuple[Split, Split, Split]:
-    """The three splits (pixel space) under ``variant``; see the module docstring for ``meta``.
+    """The three splits under ``variant``; see the module docstring for ``meta``.
 
     ``train`` must be in the dataset's fixed source order: the seeded draws (flips, watermarked
     images) index it. ``corrupt_rate`` is the flip probability of the corrupt variant (the paper:
     0.3; the reference code's committed index files flip 4.8% of CIFAR-10 and 2.0% of AwA2).
+    ``in_place``: the mark variant draws into the given splits' stored images (where their dtype
+    holds the watermark) instead of copies; only for splits nobody else holds.
 
     Raises
     ------
@@ -178,11 +232,17 @@ def apply_variant(
         return replace(train, y=labels, meta=meta), val, test
     if variant == "mark":
         chosen = mark_choice(train.y)
-        x = train.x.clone()
-        x[chosen] = add_watermark(train.x[chosen])
-        marked_train = replace(train, x=x, meta={**train.meta, "marked": chosen})
+        marked_train = replace(
+            train,
+            stored=_watermarked(train.stored, chosen, train.normaliser.full_scale, in_place),
+            meta={**train.meta, "marked": chosen},
+        )
         marked = [
-            replace(s, x=add_watermark(s.x), meta={**s.meta, "marked": torch.ones(len(s), dtype=torch.bool)})
+            replace(
+                s,
+                stored=_watermarked(s.stored, None, s.normaliser.full_scale, in_place),
+                meta={**s.meta, "marked": torch.ones(len(s), dtype=torch.bool)},
+            )
             for s in (val, test)
         ]
         return marked_train, marked[0], marked[1]

@@ -133,7 +133,7 @@ def per_sample_grads(model: ConvexModel, x: torch.Tensor, y: torch.Tensor) -> to
 def training_hessian(model: ConvexModel, train: Split) -> torch.Tensor:
     """``(n_params, n_params)`` Hessian of the mean training CE over theta (no regulariser)."""
     loss = _flat_loss_fn(model)
-    return torch.autograd.functional.hessian(lambda t: loss(t, train.x, train.y), theta_of(model))
+    return torch.autograd.functional.hessian(lambda t: loss(t, train.materialise(), train.y), theta_of(model))
 
 
 def exact_attributions(
@@ -145,5 +145,5 @@ def exact_attributions(
     hessian = training_hessian(model, train)
     hessian = hessian + damping * torch.eye(hessian.shape[0], dtype=hessian.dtype)
     g_test = per_sample_grads(model, x, targets)
-    g_train = per_sample_grads(model, train.x, train.y)
+    g_train = per_sample_grads(model, train.materialise(), train.y)
     return g_test @ torch.linalg.solve(hessian, g_train.T) / len(train)

@@ -78,7 +78,7 @@ def test_matches_sklearn_on_real_mnist_features(mnist_small_setup, C: float) -> 
     _, data, model = mnist_small_setup
     features, _ = feature_split(model)
     with torch.no_grad():
-        phi = features(data.train.x).double().numpy()
+        phi = features(data.train.materialise()).double().numpy()
     y = data.train.y.numpy()
     sol = solve_cs_dual(phi, y, C=C, **TIGHT)
     assert sol.converged

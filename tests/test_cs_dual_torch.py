@@ -315,9 +315,9 @@ def test_dualda_with_the_torch_solver_explains_as_with_numba(
     assert torch.equal(numba.support_.cpu(), ours.support_.cpu())
     assert torch.allclose(ours.alpha_, numba.alpha_, rtol=0, atol=1e-5 * config["C"])
     with torch.no_grad():
-        targets = model(data.test.x).argmax(dim=1)
-    expected = numba.explain(data.test.x, targets)
-    got = ours.explain(data.test.x, targets)
+        targets = model(data.test.materialise()).argmax(dim=1)
+    expected = numba.explain(data.test.materialise(), targets)
+    got = ours.explain(data.test.materialise(), targets)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
     assert torch.allclose(ours.self_influence(), numba.self_influence(), rtol=1e-4, atol=1e-7)
 

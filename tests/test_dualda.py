@@ -39,7 +39,7 @@ def mnist_fitted(mnist_small_setup, tmp_path_factory):
     _, data, model = mnist_small_setup
     method = _fit(model, data.train, tmp_path_factory.mktemp("dualda"), C=1e-3)
     with torch.no_grad():
-        targets = model(data.test.x).argmax(dim=1)
+        targets = model(data.test.materialise()).argmax(dim=1)
     return data, model, method, targets
 
 
@@ -58,34 +58,36 @@ def test_registered_under_its_paper_name() -> None:
 
 def test_attributions_equal_the_dual_formula(mnist_fitted) -> None:
     data, model, method, targets = mnist_fitted
-    scores = method.explain(data.test.x, targets)
-    reference = method.alpha_.T[targets] * (_phi(model, data.test.x) @ _phi(model, data.train.x).T)
+    scores = method.explain(data.test.materialise(), targets)
+    reference = method.alpha_.T[targets] * (
+        _phi(model, data.test.materialise()) @ _phi(model, data.train.materialise()).T
+    )
     scale = reference.abs().max()
     assert (scores.double() - reference).abs().max() <= 1e-5 * scale
 
 
 def test_attributions_sum_to_the_surrogate_logit_without_bias(mnist_fitted) -> None:
     data, model, method, targets = mnist_fitted
-    scores = method.explain(data.test.x, targets).double()
-    logits = _phi(model, data.test.x) @ method.weights_.T  # w_c . phi(x), no bias
+    scores = method.explain(data.test.materialise(), targets).double()
+    logits = _phi(model, data.test.materialise()) @ method.weights_.T  # w_c . phi(x), no bias
     expected = logits.gather(1, targets[:, None]).squeeze(1)
     assert torch.allclose(scores.sum(dim=1), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
 
 
 def test_non_support_vectors_get_exact_zeros_and_forms_agree(mnist_fitted) -> None:
     data, _, method, targets = mnist_fitted
-    dense = method.explain(data.test.x, targets)
+    dense = method.explain(data.test.materialise(), targets)
     non_support = torch.ones(len(data.train), dtype=torch.bool)
     non_support[method.support_] = False
     assert non_support.any() and (dense[:, non_support] == 0).all()
     assert method.diagnostics()["n_support"] == len(method.support_) < len(data.train)
-    sparse = method.explain_sparse(data.test.x, targets)
+    sparse = method.explain_sparse(data.test.materialise(), targets)
     assert torch.equal(sparse.to_dense(), dense)
-    values, indices = method.explain_topk(data.test.x, targets, k=5)
+    values, indices = method.explain_topk(data.test.materialise(), targets, k=5)
     dense_values, _ = torch.topk(dense, 5, dim=1)
     assert torch.equal(values, dense_values)
     assert torch.equal(dense.gather(1, indices), values)
-    opp_values, opp_indices = method.explain_topk(data.test.x, targets, k=5, largest=False)
+    opp_values, opp_indices = method.explain_topk(data.test.materialise(), targets, k=5, largest=False)
     assert torch.equal(opp_values, torch.topk(dense, 5, dim=1, largest=False).values)
     assert torch.equal(dense.gather(1, opp_indices), opp_values)
 
@@ -94,13 +96,13 @@ def test_topk_beyond_the_support_pads_with_zeros(toy_setup, tmp_path: Path) -> N
     _, data, model = toy_setup
     method = _fit(model, data.train, tmp_path, C=10.0)
     with torch.no_grad():
-        targets = model(data.test.x).argmax(dim=1)
+        targets = model(data.test.materialise()).argmax(dim=1)
     n_support = len(method.support_)
-    values, indices = method.explain_topk(data.test.x, targets, k=len(data.train))
+    values, indices = method.explain_topk(data.test.materialise(), targets, k=len(data.train))
     assert values.shape == (len(data.test), len(data.train))
     assert (values == 0).sum(dim=1).min() >= len(data.train) - n_support
     with pytest.raises(ValueError, match="k must lie in 1.."):
-        method.explain_topk(data.test.x, targets, k=0)
+        method.explain_topk(data.test.materialise(), targets, k=0)
 
 
 @pytest.mark.parametrize(("kind", "power"), [("sq_norm", 2.0), ("norm", 1.0), ("alpha", 0.0)])
@@ -108,12 +110,12 @@ def test_self_influence_definitions(mnist_fitted, tmp_path: Path, kind: str, pow
     data, model, fitted, _ = mnist_fitted
     method = DualDA(replace(fitted.config, self_influence=kind))
     method.fit(model, data.train, cache=Cache(tmp_path))
-    phi = _phi(model, data.train.x)
+    phi = _phi(model, data.train.materialise())
     own = method.alpha_[torch.arange(len(data.train)), data.train.y]
     expected = phi.norm(dim=1) ** power * own
     assert torch.allclose(method.self_influence().double(), expected, rtol=1e-5, atol=1e-12)
     if kind == "sq_norm":  # the self-attribution: explain a training point against its own label
-        self_attr = method.explain(data.train.x[:50], data.train.y[:50]).double()
+        self_attr = method.explain(data.train.inputs[:50], data.train.y[:50]).double()
         diag = self_attr[torch.arange(50), torch.arange(50)]
         assert torch.allclose(diag, method.self_influence()[:50].double(), rtol=1e-4, atol=1e-9)
 
@@ -180,24 +182,24 @@ def test_bad_config_is_a_clear_error(values: dict, match: str) -> None:
 def test_bad_input_is_a_clear_error(toy_setup, tmp_path: Path) -> None:
     _, data, model = toy_setup
     with pytest.raises(NotFittedError):
-        DualDA().explain(data.test.x, torch.zeros(len(data.test), dtype=torch.long))
+        DualDA().explain(data.test.materialise(), torch.zeros(len(data.test), dtype=torch.long))
     with pytest.raises(CapabilityError, match="features`/`classifier` split"):
         DualDA().fit(nn.Sequential(nn.Linear(8, 3)), data.train, cache=Cache(tmp_path))
-    one_class = Split("train", data.train.x, torch.zeros_like(data.train.y))
+    one_class = Split("train", data.train.materialise(), torch.zeros_like(data.train.y))
     with pytest.raises(DataError, match="at least two classes"):
         DualDA().fit(model, one_class, cache=Cache(tmp_path))
-    empty = Split("train", data.train.x[:0], data.train.y[:0])
+    empty = Split("train", data.train.inputs[:0], data.train.y[:0])
     with pytest.raises(DataError, match="training set is empty"):
         DualDA().fit(model, empty, cache=Cache(tmp_path))
-    bad_x = data.train.x.clone()
+    bad_x = data.train.materialise().clone()
     bad_x[3] = float("nan")
     with pytest.raises(DataError, match="NaN or inf"):
         DualDA().fit(model, Split("train", bad_x, data.train.y), cache=Cache(tmp_path))
     method = _fit(model, data.train, tmp_path)
     with pytest.raises(DataError, match="targets must be classes in 0..2"):
-        method.explain(data.test.x, torch.full((len(data.test),), 7))
+        method.explain(data.test.materialise(), torch.full((len(data.test),), 7))
     with pytest.raises(DataError, match="targets"):
-        method.explain(data.test.x, torch.zeros(3, dtype=torch.long))
+        method.explain(data.test.materialise(), torch.zeros(3, dtype=torch.long))
     assert np.isfinite(method.self_influence().numpy()).all()
 
 
@@ -217,9 +219,9 @@ def test_feature_kernel_cache_hit_equals_cold_fit_bitwise(
     fresh = method_cls(method_cls.Config(**config))
     targets = torch.zeros(len(data.test), dtype=torch.long)
     with pytest.raises(NotFittedError):
-        fresh.explain(data.test.x, targets)
+        fresh.explain(data.test.materialise(), targets)
     with pytest.raises(NotFittedError):
-        fresh.feature_relevance(data.test.x[:1], 0, torch.arange(3))
+        fresh.feature_relevance(data.test.inputs[:1], 0, torch.arange(3))
     with pytest.raises(NotFittedError):
         fresh.self_influence()
 
@@ -231,14 +233,14 @@ def test_feature_kernel_cache_hit_equals_cold_fit_bitwise(
     assert not cold.from_cache_ and warm.from_cache_
     assert cold.cache_key(model, data.train)["method"] == name
     with torch.no_grad():
-        targets = model(data.test.x).argmax(dim=1)
-    scores = cold.explain(data.test.x, targets)
+        targets = model(data.test.materialise()).argmax(dim=1)
+    scores = cold.explain(data.test.materialise(), targets)
     assert scores.dtype == torch.float32 and scores.shape == (len(data.test), len(data.train))
-    assert torch.equal(scores, warm.explain(data.test.x, targets))
+    assert torch.equal(scores, warm.explain(data.test.materialise(), targets))
     assert torch.equal(cold.self_influence(), warm.self_influence())
     index = torch.arange(len(data.train))
     for j in (0, len(data.test) - 1):
-        x, c = data.test.x[j : j + 1], int(targets[j])
+        x, c = data.test.inputs[j : j + 1], int(targets[j])
         terms = cold.feature_relevance(x, c, index)
         assert terms.dtype == torch.float64 and torch.equal(terms, warm.feature_relevance(x, c, index))
         assert torch.allclose(terms.sum(dim=1).float(), scores[j], rtol=1e-4, atol=1e-6)
@@ -247,6 +249,6 @@ def test_feature_kernel_cache_hit_equals_cold_fit_bitwise(
         cold.diagnostics()
     )
     with pytest.raises(DataError, match="one input"):
-        cold.feature_relevance(data.test.x[:2], 0, index)
+        cold.feature_relevance(data.test.inputs[:2], 0, index)
     with pytest.raises(DataError, match="training indices must lie in"):
-        cold.feature_relevance(data.test.x[:1], 0, torch.tensor([len(data.train)]))
+        cold.feature_relevance(data.test.inputs[:1], 0, torch.tensor([len(data.train)]))

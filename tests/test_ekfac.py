@@ -58,7 +58,7 @@ def true_fisher_scores(
 ) -> torch.Tensor:
     """``(n_test, n_train)`` float64: EK-FAC with the true Fisher, 64 label draws per training point."""
     method = _fit(problem, tmp_path_factory.mktemp("true-fisher"), fisher_samples=64, factor_batch_size=1024)
-    return method.explain(problem.test.x, targets).double()
+    return method.explain(problem.test.materialise(), targets).double()
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +67,13 @@ def identity_scores(
 ) -> torch.Tensor:
     """``(n_test, n_train)`` float64 scores of the identity strategy (no curvature)."""
     method = _fit(problem, tmp_path_factory.mktemp("identity"), strategy="identity")
-    return method.explain(problem.test.x, targets).double()
+    return method.explain(problem.test.materialise(), targets).double()
 
 
 @pytest.fixture(scope="module")
 def targets(problem: ConvexProblem) -> torch.Tensor:
     with torch.no_grad():
-        return problem.model(problem.test.x).argmax(dim=1)
+        return problem.model(problem.test.materialise()).argmax(dim=1)
 
 
 def _fit(problem: ConvexProblem, tmp_path: Path, **options: object) -> EKFAC:
@@ -99,7 +99,7 @@ def _closed_form(
     """
     weight = problem.model.classifier.weight.detach()
     bias = problem.model.classifier.bias.detach()
-    xt, yt = problem.train.x, problem.train.y
+    xt, yt = problem.train.materialise(), problem.train.y
     n, k = len(yt), weight.shape[0]
 
     def parts(xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +154,7 @@ def test_unknown_strategy_lists_choices() -> None:
 def test_explain_before_fit_raises(problem: ConvexProblem, targets: torch.Tensor) -> None:
     method = EKFAC()
     with pytest.raises(NotFittedError, match="call fit"):
-        method.explain(problem.test.x, targets)
+        method.explain(problem.test.materialise(), targets)
     with pytest.raises(NotFittedError):
         method.self_influence()
 
@@ -166,9 +166,9 @@ def test_matches_closed_form(
 ) -> None:
     """Deterministic empirical Fisher: kronfluence's scores / N equal the hand-built preconditioner."""
     method = _fit(problem, tmp_path, strategy=strategy, fisher="empirical")
-    scores = method.explain(problem.test.x, targets)
+    scores = method.explain(problem.test.materialise(), targets)
     assert scores.dtype == torch.float32 and scores.shape == (len(problem.test), len(problem.train))
-    reference = _closed_form(problem, problem.test.x, targets, problem.l2, strategy, "empirical")
+    reference = _closed_form(problem, problem.test.materialise(), targets, problem.l2, strategy, "empirical")
     torch.testing.assert_close(scores.double(), reference, rtol=1e-5, atol=1e-6 * reference.abs().max())
 
 
@@ -177,7 +177,7 @@ def test_true_fisher_matches_expected_fisher_closed_form(
 ) -> None:
     """Sampled labels (the paper's true Fisher) converge to the expected-Fisher EK-FAC."""
     scores = true_fisher_scores
-    reference = _closed_form(problem, problem.test.x, targets, problem.l2, "ekfac", "true")
+    reference = _closed_form(problem, problem.test.materialise(), targets, problem.l2, "ekfac", "true")
     rho = _spearman(scores, reference)
     log.info("true-Fisher EK-FAC vs expected-Fisher closed form: Spearman min %.4f", min(rho))
     assert min(rho) >= 0.95, rho
@@ -193,7 +193,7 @@ def test_closer_to_exact_hessian_than_identity(
 
     Measured (see the module docstring): EK-FAC min 0.30, mean 0.63 vs mean 0.51 for gradient dot products.
     """
-    exact = exact_attributions(problem, problem.test.x, targets, damping=problem.l2)
+    exact = exact_attributions(problem, problem.test.materialise(), targets, damping=problem.l2)
     scores, identity = true_fisher_scores, identity_scores
     rho_ekfac, rho_identity = _spearman(scores, exact), _spearman(identity, exact)
     mean_ekfac, mean_identity = sum(rho_ekfac) / len(rho_ekfac), sum(rho_identity) / len(rho_identity)
@@ -215,8 +215,8 @@ def test_identity_is_gradient_dot_product(
 ) -> None:
     """No curvature: the scores are per-sample gradient dot products / N (damping adds nothing)."""
     scores = identity_scores
-    g_test = per_sample_grads(problem.model, problem.test.x, targets)
-    g_train = per_sample_grads(problem.model, problem.train.x, problem.train.y)
+    g_test = per_sample_grads(problem.model, problem.test.materialise(), targets)
+    g_train = per_sample_grads(problem.model, problem.train.materialise(), problem.train.y)
     reference = g_test @ g_train.T / len(problem.train)
     torch.testing.assert_close(scores, reference, rtol=1e-5, atol=1e-6 * reference.abs().max())
 
@@ -227,9 +227,11 @@ def test_self_influence_is_diagonal_of_pairwise(problem: ConvexProblem, tmp_path
     assert "self_influence" in method.supports
     self_scores = method.self_influence()
     assert self_scores.shape == (len(problem.train),) and self_scores.dtype == torch.float32
-    pairwise = method.explain(problem.train.x, problem.train.y)
+    pairwise = method.explain(problem.train.materialise(), problem.train.y)
     torch.testing.assert_close(self_scores, torch.diagonal(pairwise), rtol=1e-5, atol=1e-7)
-    closed = _closed_form(problem, problem.train.x, problem.train.y, problem.l2, "ekfac", "empirical")
+    closed = _closed_form(
+        problem, problem.train.materialise(), problem.train.y, problem.l2, "ekfac", "empirical"
+    )
     torch.testing.assert_close(self_scores.double(), torch.diagonal(closed), rtol=1e-5, atol=1e-8)
     assert bool((self_scores > 0).all())
 
@@ -251,7 +253,7 @@ def test_cache_hit_reuses_factors(problem: ConvexProblem, targets: torch.Tensor,
     assert files and all(factors in p.parents for p in files), files  # kronfluence's own layout
     assert first._factors_dir == factors  # the miss reads the entry's copy too (the scratch is moved)
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    scores, self_scores = first.explain(problem.test.x, targets), first.self_influence()
+    scores, self_scores = first.explain(problem.test.materialise(), targets), first.self_influence()
 
     second = EKFAC(EKFACConfig(damping=problem.l2))
     second.fit(problem.model, problem.train, cache=cache)
@@ -259,14 +261,14 @@ def test_cache_hit_reuses_factors(problem: ConvexProblem, targets: torch.Tensor,
     assert second.diagnostics()["factors_from_cache"] is True
     assert second.diagnostics()["lambda_examples"] == len(problem.train)  # meta read back
     assert {p: p.stat().st_mtime_ns for p in (entry / FILES).rglob("*.safetensors")} == stamps  # not refitted
-    assert torch.equal(second.explain(problem.test.x, targets), scores)
+    assert torch.equal(second.explain(problem.test.materialise(), targets), scores)
     assert torch.equal(second.self_influence(), self_scores)
 
     # damping acts at scoring time only: the same factors serve another damping
     third = EKFAC(EKFACConfig(damping=10 * problem.l2))
     third.fit(problem.model, problem.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (2, 1)
-    assert not torch.equal(third.explain(problem.test.x, targets), scores)
+    assert not torch.equal(third.explain(problem.test.materialise(), targets), scores)
     # an option that changes the factors is another entry (a miss), never a silent hit
     EKFAC(EKFACConfig(damping=problem.l2, strategy="kfac")).fit(problem.model, problem.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (2, 2)
@@ -288,7 +290,7 @@ def test_cache_key(problem: ConvexProblem, tmp_path: Path) -> None:
 def test_toy_model_contract(toy_setup, tmp_path: Path) -> None:
     _, data, model = toy_setup
     fingerprint = model_fingerprint(model)
-    x, n_test = data.test.x[:5], 5
+    x, n_test = data.test.inputs[:5], 5
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     method = EKFAC(EKFACConfig(train_batch_size=1000, query_batch_size=1000))

@@ -20,7 +20,7 @@ from harness.cache import Cache
 def toy(toy_setup):
     """(model, train, x, targets): the toy model, its training split, 12 test points, predictions."""
     _, data, model = toy_setup
-    x = data.test.x[:12]
+    x = data.test.inputs[:12]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     return model, data.train, x, targets
@@ -102,7 +102,7 @@ def test_projected_gradients_bitwise_as_fresh_arrays_and_close_to_a_loop(toy, ki
     names = list(params)
     n_params = sum(p.numel() for p in params.values())
     projector = GaussianProjector(n_params, 16, seed=1, device=torch.device("cpu"))
-    x, y = train.x[:37], train.y[:37]  # 3 batches of 16, the last one short
+    x, y = train.inputs[:37], train.y[:37]  # 3 batches of 16, the last one short
     got = per_sample_gradients(model, params, buffers, x, y, kind=kind, batch_size=16, projector=projector)
 
     def objective(p, xi, ci):
@@ -136,7 +136,7 @@ def test_unprojected_gradients_unchanged(toy) -> None:
 
     model, train, _, _ = toy
     params, buffers = _params(model)
-    x, y = train.x[:20], train.y[:20]
+    x, y = train.inputs[:20], train.y[:20]
     got = per_sample_gradients(model, params, buffers, x, y, kind="loss", batch_size=8)
     model.eval()
     plain = list(model.parameters())

@@ -32,8 +32,8 @@ def toy64(toy_setup):
     """(model64, train64, x64, targets): the toy model and data in float64, targets = predictions."""
     _, data, model = toy_setup
     model64 = copy.deepcopy(model).double().eval()
-    train = Split("train", data.train.x.double(), data.train.y)
-    x = data.test.x[:7].double()
+    train = Split("train", data.train.materialise().double(), data.train.y)
+    x = data.test.inputs[:7].double()
     with torch.no_grad():
         targets = model64(x).argmax(dim=1)
     return model64, train, x, targets
@@ -118,7 +118,7 @@ def test_graddot_exact_equals_per_sample_autograd(
     )
     method = _fit(GradDot(cfg), model, train, tmp_path)
     g_test = _reference_grads(model, x, targets, test_gradient)
-    g_train = _reference_grads(model, train.x, train.y, train_gradient)
+    g_train = _reference_grads(model, train.materialise(), train.y, train_gradient)
     assert g_train.shape == (len(train), sum(p.numel() for p in model.parameters()))
     if normalise_test:
         g_test = g_test / torch.linalg.vector_norm(g_test, dim=1, keepdim=True)
@@ -139,7 +139,7 @@ def test_graddot_paper_preset_is_loss_train_unit_logit_test(toy64, tmp_path):
     assert GradDotConfig() == cfg and GradCosConfig.paper().train_gradient == "loss"
     method = _fit(GradDot(replace(cfg, proj_dim=None)), model, train, tmp_path)
     g_test = _reference_grads(model, x, targets, "logit")
-    g_train = _reference_grads(model, train.x, train.y, "loss")
+    g_train = _reference_grads(model, train.materialise(), train.y, "loss")
     unit = g_test / torch.linalg.vector_norm(g_test, dim=1, keepdim=True)
     _assert_close(method.explain(x, targets), -unit @ g_train.T)
     _assert_close(method.self_influence(), (g_train * g_train).sum(dim=1))
@@ -171,7 +171,7 @@ def test_graddot_self_influence_sees_wrong_labels(toy_setup, tmp_path):
     y[flipped] = (
         y[flipped] + 1 + torch.randint(n_classes - 1, (len(flipped),), generator=generator)
     ) % n_classes
-    corrupt = Split("train", train.x, y)
+    corrupt = Split("train", train.materialise(), y)
     is_flipped = torch.zeros(len(train), dtype=torch.bool)
     is_flipped[flipped] = True
 
@@ -249,7 +249,7 @@ def test_tracin_uses_every_saved_checkpoint(toy_setup, tmp_path):
     n_saved = len(getattr(model, CHECKPOINTS_ATTR))
     assert method.diagnostics()["n_checkpoints"] == n_saved
     assert method.train_grads_.shape == (len(data.train), n_saved * 128)
-    x = data.test.x[:5]
+    x = data.test.inputs[:5]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     scores = method.explain(x, targets)
@@ -323,7 +323,7 @@ def test_graddot_train_gradients_are_tracins_final_block(toy_setup, tmp_path):
     one = _fit(TracIn(TracInConfig(proj_dim=16, seed=4)), final, data.train, tmp_path / "one")
     loss = GradDotConfig(proj_dim=16, seed=4, test_gradient="loss", normalise_test=False)
     dot = _fit(GradDot(loss), model, data.train, tmp_path / "dot")
-    x = data.test.x[:5]
+    x = data.test.inputs[:5]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     _assert_close(one.explain(x, targets), 0.25 * dot.explain(x, targets).double(), rel=1e-5)
@@ -382,7 +382,7 @@ def test_projector_chunks_and_budget(monkeypatch):
 def test_cache_hit_gives_identical_scores(toy_setup, tmp_path, method_cls):
     """A warm fit reads the cold fit's entry and gives bitwise the same explanations and self-influence."""
     _, data, model = toy_setup
-    x = data.test.x[:6]
+    x = data.test.inputs[:6]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     cache = Cache(tmp_path)
@@ -413,7 +413,7 @@ def test_settings_that_only_change_explain_share_the_entry(toy_setup, tmp_path, 
     """Options outside the training-side artefact (``cache_ignores``) hit the paper config's entry, and
     the hit gives the scores a cold fit with those options gives."""
     _, data, model = toy_setup
-    x = data.test.x[:6]
+    x = data.test.inputs[:6]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     config = method_cls.Config.from_dict(shared, base=method_cls.Config.paper())
@@ -503,7 +503,7 @@ def test_tracin_checkpoint_errors(toy_setup, tmp_path):
 @pytest.mark.parametrize("method_cls", [GradDot, GradCos, TracIn])
 def test_lifecycle_errors(toy_setup, tmp_path, method_cls):
     _, data, model = toy_setup
-    x = data.test.x[:3]
+    x = data.test.inputs[:3]
     method = method_cls(method_cls.Config(proj_dim=8))
     with pytest.raises(NotFittedError):
         method.explain(x, torch.zeros(3, dtype=torch.long))
@@ -517,7 +517,7 @@ def test_lifecycle_errors(toy_setup, tmp_path, method_cls):
     if "self_influence" not in method_cls.supports:
         with pytest.raises(CapabilityError):
             method.self_influence()
-    bad_labels = Split("train", data.train.x, data.train.y + 10)
+    bad_labels = Split("train", data.train.materialise(), data.train.y + 10)
     with pytest.raises(DataError, match="training labels"):
         method_cls(method_cls.Config(proj_dim=8)).fit(model, bad_labels, cache=Cache(tmp_path / "bad"))
 
@@ -529,7 +529,7 @@ def test_runs_on_mnist_basicconv(mnist_small_setup, tmp_path):
     chunks per batch (a 256 MiB budget), TracIn keeps the whole matrix (the default 1024 MiB)."""
     _, data, model = mnist_small_setup
     train = data.train.subset(32)
-    x = data.test.x[:20]
+    x = data.test.inputs[:20]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     configs = [

@@ -227,7 +227,10 @@ def test_cifar_shapes_labels_and_the_val_test_split(cifar: dict[str, object]) ->
     assert (len(data.train), len(data.val), len(data.test)) == (40, 5, 15)
     assert data.num_classes == 10 and data.input_shape == (3, 32, 32)
     for split in (data.train, data.val, data.test):
-        assert split.x.shape == (len(split), 3, 32, 32) and split.x.dtype == torch.float32
+        assert (
+            split.materialise().shape == (len(split), 3, 32, 32)
+            and split.materialise().dtype == torch.float32
+        )
         assert split.y.dtype == torch.long and 0 <= split.y.min() and split.y.max() <= 9
     # Train: the fixed seed-0 order of the file order; val/test: the seed-42 permutation.
     order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
@@ -241,13 +244,15 @@ def test_cifar_shapes_labels_and_the_val_test_split(cifar: dict[str, object]) ->
 
 def test_cifar_pixels_and_normalisation(cifar: dict[str, object]) -> None:
     data = _cifar(cifar).load()
-    pixels = _unnormalise(data.train.x, CIFAR_MEAN, CIFAR_STD)
+    pixels = _unnormalise(data.train.materialise(), CIFAR_MEAN, CIFAR_STD)
     raw = torch.from_numpy(cifar["train_x"]).reshape(-1, 3, 32, 32)[data.train.meta["indices"]]
     assert torch.allclose(pixels, raw.float() / 255, atol=1e-5)
     test_raw = torch.from_numpy(cifar["test_x"]).reshape(-1, 3, 32, 32)[data.test.meta["indices"]]
-    assert torch.allclose(_unnormalise(data.test.x, CIFAR_MEAN, CIFAR_STD), test_raw / 255, atol=1e-5)
+    assert torch.allclose(
+        _unnormalise(data.test.materialise(), CIFAR_MEAN, CIFAR_STD), test_raw / 255, atol=1e-5
+    )
     # Source image 0: planes R, G, B in that order, row-major within a plane.
-    image = data.train.x[int(torch.nonzero(data.train.meta["indices"] == 0))]
+    image = data.train.inputs[int(torch.nonzero(data.train.meta["indices"] == 0))]
     expected = torch.empty(3, 32, 32)
     expected[0], expected[1], expected[2] = 1.0, 0.0, 128 / 255
     expected[0, 0, 1] = 0.0
@@ -260,7 +265,9 @@ def test_cifar_n_train_and_n_test_follow_the_file_contents(cifar: dict[str, obje
     full = _cifar(cifar).load()
     cut = _cifar(cifar, n_train=10, n_test=4).load()
     assert (len(cut.train), len(cut.val), len(cut.test)) == (10, 5, 4)
-    assert torch.equal(cut.train.x, full.train.x[:10]) and torch.equal(cut.test.y, full.test.y[:4])
+    assert torch.equal(cut.train.materialise(), full.train.inputs[:10]) and torch.equal(
+        cut.test.y, full.test.y[:4]
+    )
     with pytest.raises(
         DataError, match=r"--n-train 41 is larger than the cifar10 training set \(40 points\)"
     ):
@@ -294,11 +301,11 @@ def test_cifar_variants(cifar: dict[str, object], variant: str) -> None:
         for split in (data.val, data.test):
             assert split.meta["marked"].all()
             for c in range(3):
-                values = split.x[:, c][:, mask]
+                values = split.materialise()[:, c][:, mask]
                 assert torch.allclose(values, torch.full_like(values, red[c]), atol=1e-5)
         marked = data.train.meta["marked"]
         assert (data.train.y[marked] == 2).all() and int(marked.sum()) == round(0.3 * 4)  # 4 of class 2
-        values = data.train.x[marked][:, 0][:, mask]
+        values = data.train.inputs[marked][:, 0][:, mask]
         assert torch.allclose(values, torch.full_like(values, red[0]), atol=1e-5)
 
 
@@ -405,7 +412,10 @@ def test_awa2_split_rule_shapes_and_labels(awa: str, awa_std: TaskData) -> None:
     assert (len(data.train), len(data.val), len(data.test)) == (34, 3, 5)
     assert data.num_classes == 4 and data.input_shape == (3, 16, 16)
     for split in (data.train, data.val, data.test):
-        assert split.x.shape == (len(split), 3, 16, 16) and split.x.dtype == torch.float32
+        assert (
+            split.materialise().shape == (len(split), 3, 16, 16)
+            and split.materialise().dtype == torch.float32
+        )
     labels = torch.repeat_interleave(torch.arange(4), torch.tensor(AWA_COUNTS))  # source order
     idx = [data.train.meta["indices"], data.val.meta["indices"], data.test.meta["indices"]]
     assert torch.equal(torch.sort(torch.cat(idx)).values, torch.arange(42))
@@ -432,7 +442,7 @@ def test_awa2_split_rule_shapes_and_labels(awa: str, awa_std: TaskData) -> None:
 
 def test_awa2_pixels_follow_the_class_folders_and_imagenet_normalisation(awa_std: TaskData) -> None:
     for split in (awa_std.train, awa_std.test):
-        pixels = _unnormalise(split.x, IMAGENET_MEAN, IMAGENET_STD)
+        pixels = _unnormalise(split.materialise(), IMAGENET_MEAN, IMAGENET_STD)
         expected = torch.tensor(AWA_COLOURS, dtype=torch.float32)[split.y] / 255  # (n, 3)
         assert torch.allclose(pixels, expected[:, :, None, None].expand_as(pixels), atol=6 / 255)
 
@@ -474,10 +484,10 @@ def test_awa2_variants(awa: str, variant: str) -> None:
         ]
         assert data.test.meta["marked"].all()
         for c in range(3):
-            values = data.test.x[:, c][:, mask]
+            values = data.test.materialise()[:, c][:, mask]
             assert torch.allclose(values, torch.full_like(values, red[c]), atol=1e-5)
         # Off the mask the test images keep their class colour.
-        pixels = _unnormalise(data.test.x, IMAGENET_MEAN, IMAGENET_STD)[:, :, ~mask]
+        pixels = _unnormalise(data.test.materialise(), IMAGENET_MEAN, IMAGENET_STD)[:, :, ~mask]
         colours = torch.tensor(AWA_COLOURS, dtype=torch.float32)[data.test.y] / 255
         assert torch.allclose(pixels, colours[:, :, None].expand_as(pixels), atol=6 / 255)
 
@@ -551,7 +561,7 @@ def test_awa2_model_takes_the_loaded_images(awa: str, awa_std: TaskData) -> None
     model = task.build_model().eval()
     assert model.classifier.out_features == 4 and model.feature_dim == 2048
     with torch.no_grad():
-        logits = model(awa_std.test.x)
+        logits = model(awa_std.test.materialise())
     assert logits.shape == (len(awa_std.test), 4) and torch.isfinite(logits).all()
 
 

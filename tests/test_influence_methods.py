@@ -39,14 +39,14 @@ def _one_thread():
 def problem():
     pb = convex_problem()
     with torch.no_grad():
-        targets = pb.model(pb.test.x).argmax(dim=1)
+        targets = pb.model(pb.test.materialise()).argmax(dim=1)
     return pb, targets
 
 
 @pytest.fixture()
 def toy(toy_setup):
     _, data, model = toy_setup
-    x = data.test.x[:6]
+    x = data.test.inputs[:6]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     return model, data.train, x, targets
@@ -71,8 +71,8 @@ def test_lissa_matches_closed_form(problem, tmp_path: Path) -> None:
     config = LiSSAConfig(depth=600, repeats=2, scale=2.0, damping=pb.l2 / 2, hvp_batch_size=512)
     assert config.effective_damping == pytest.approx(pb.l2)
     method = _fit(LiSSA(config), pb.model, pb.train, tmp_path)
-    scores = method.explain(pb.test.x, targets)
-    reference = exact_attributions(pb, pb.test.x, targets, damping=config.effective_damping)
+    scores = method.explain(pb.test.materialise(), targets)
+    reference = exact_attributions(pb, pb.test.materialise(), targets, damping=config.effective_damping)
     rho = _spearman_rows(scores, reference)
     assert min(rho) >= 0.95, rho
     # sign and scale, not only ranks: within a few percent of the largest attribution
@@ -95,16 +95,16 @@ def test_arnoldi_full_rank_matches_closed_form_and_captum(problem, tmp_path: Pat
     method = _fit(ArnoldiIF(config), pb.model, pb.train, tmp_path)
     assert method.diagnostics()["effective_damping"] == pytest.approx(pb.l2)
     assert method.diagnostics()["n_eigenpairs"] == n_params
-    scores = method.explain(pb.test.x, targets)
-    reference = exact_attributions(pb, pb.test.x, targets, damping=pb.l2)
+    scores = method.explain(pb.test.materialise(), targets)
+    reference = exact_attributions(pb, pb.test.materialise(), targets, damping=pb.l2)
     rho = _spearman_rows(scores, reference)
     assert min(rho) >= 0.95, rho
     torch.testing.assert_close(scores.double(), reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
     # Our embedding path equals captum's own influence() (sign kept, times N_h / N = 1 here)
-    captum_scores = method._captum.influence((pb.test.x, targets))
+    captum_scores = method._captum.influence((pb.test.materialise(), targets))
     torch.testing.assert_close(scores.double(), captum_scores.double(), rtol=1e-6, atol=1e-9)
     # Self-influence is the diagonal of the training set's attributions
-    diagonal = method.explain(pb.train.x, pb.train.y).diagonal()
+    diagonal = method.explain(pb.train.materialise(), pb.train.y).diagonal()
     torch.testing.assert_close(method.self_influence(), diagonal, rtol=1e-5, atol=1e-9)
 
 
@@ -113,8 +113,8 @@ def test_arnoldi_hessian_subset_rescales_to_the_mean_hessian(problem, tmp_path: 
     config = ArnoldiConfig(projection_dim=18, arnoldi_dim=19, arnoldi_tol=1e-300, hessian_points=40)
     method = _fit(ArnoldiIF(config), pb.model, pb.train, tmp_path)
     assert method.hessian_indices_.numel() == 40 and method.hessian_indices_.unique().numel() == 40
-    scores = method.explain(pb.test.x, targets)
-    raw = method._captum.influence((pb.test.x, targets))
+    scores = method.explain(pb.test.materialise(), targets)
+    raw = method._captum.influence((pb.test.materialise(), targets))
     torch.testing.assert_close(scores.double(), raw.double() * 40 / len(pb.train), rtol=1e-6, atol=1e-12)
 
 
@@ -183,7 +183,7 @@ def test_lissa_deterministic_under_seed_and_row_independent(toy, tmp_path: Path)
 def test_lissa_self_influence_is_the_diagonal_of_explain_on_the_training_set(toy, tmp_path: Path) -> None:
     model, train, _, _ = toy
     method = _fit(_lissa_small(self_influence_chunk=7), model, train, tmp_path)  # chunks of 7 rows
-    diagonal = method.explain(train.x, train.y).diagonal()
+    diagonal = method.explain(train.materialise(), train.y).diagonal()
     self_scores = method.self_influence()
     assert self_scores.shape == (len(train),) and self_scores.dtype == torch.float32
     torch.testing.assert_close(self_scores, diagonal, rtol=1e-5, atol=1e-6 * float(diagonal.abs().max()))
@@ -194,7 +194,9 @@ def test_lissa_self_influence_matches_closed_form(problem, tmp_path: Path) -> No
     pb, _ = problem
     config = LiSSAConfig(depth=600, repeats=2, scale=2.0, damping=pb.l2 / 2, hvp_batch_size=512)
     method = _fit(LiSSA(config), pb.model, pb.train, tmp_path)
-    exact = exact_attributions(pb, pb.train.x, pb.train.y, damping=config.effective_damping).diagonal()
+    exact = exact_attributions(
+        pb, pb.train.materialise(), pb.train.y, damping=config.effective_damping
+    ).diagonal()
     rho = float(spearmanr(method.self_influence().double().numpy(), exact.numpy())[0])
     assert rho >= 0.95, rho
 

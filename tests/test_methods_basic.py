@@ -138,9 +138,9 @@ def test_similarity_matches_reference(name: str, metric: str, setup, tmp_path: P
     scores = _fitted(name, model, train, Cache(tmp_path), metric=metric).explain(x, targets)
     if name == "feature_similarity":
         with torch.no_grad():
-            z_test, z_train = model.features(x), model.features(train.x)
+            z_test, z_train = model.features(x), model.features(train.materialise())
     else:
-        z_test, z_train = x, train.x
+        z_test, z_train = x, train.materialise()
     expected = _reference(metric, z_test, z_train) * _sign(train, targets)
     torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-5)
     # l2 similarities are positive, so the sign alone must tell same-class from other-class points.
@@ -183,7 +183,7 @@ def test_feature_similarity_cache_hit_is_bit_identical(setup, tmp_path: Path) ->
         model.classifier.weight.add_(1.0)  # changes the state_dict (not the features)
     _fitted("feature_similarity", model, train, warm_cache)
     assert warm_cache.stats.misses == 1
-    relabelled = Split("train", train.x, (train.y + 1) % N_CLASSES)
+    relabelled = Split("train", train.materialise(), (train.y + 1) % N_CLASSES)
     _fitted("feature_similarity", model, relabelled, warm_cache)
     assert warm_cache.stats.misses == 2
 

@@ -100,7 +100,7 @@ def test_lds_equals_direct_spearman(output: str, tmp_path: Path) -> None:
     assert known.epochs == [2] and len(known.seen) == 12
     assert all(len(s) == N_TRAIN // 2 for s in known.seen)
 
-    x, c = ctx.data.test.x, ctx.targets
+    x, c = ctx.data.test.materialise(), ctx.targets
     rows = []
     for j in range(N_TEST):
         predicted, actual = [], []
@@ -123,7 +123,7 @@ def test_lds_is_one_when_attributions_predict_the_outputs_exactly(tmp_path: Path
     ctx = _context(torch.zeros(N_TEST, N_TRAIN), known, tmp_path)
     # the "model" is linear in the subset, so the logit of class c for x_j is sum_i x_j . basis_i[:, c] / 3;
     # with only the chosen logit mattering, use output on a 1-class view: attributions = per-point logits
-    x = ctx.data.test.x
+    x = ctx.data.test.materialise()
     per_point = torch.einsum("jd,idk->jik", x, known.basis) / 3  # (n_test, n_train, K)
     exact = per_point[torch.arange(N_TEST), :, ctx.targets]
     # a 1-class stand-in: with K = 1 the log-softmax is constant, so score the raw logit via margin-free
@@ -174,7 +174,7 @@ def test_coreset_and_pruning_retrain_on_the_top_and_bottom_shares(tmp_path: Path
         assert [s.tolist() for s in known.seen] == [order[:3].tolist(), order[:15].tolist(), order.tolist()]
         losses, acc, acc_true = [], [], []
         for subset in known.seen:
-            logits = ctx.data.test.x @ known.weights(subset)
+            logits = ctx.data.test.materialise() @ known.weights(subset)
             # against the ORIGINAL model's predictions (ctx.targets), not the true labels
             losses.append(float(nn.functional.cross_entropy(logits, ctx.targets)))
             acc.append(float((logits.argmax(dim=1) == ctx.targets).double().mean()))
@@ -278,7 +278,7 @@ def test_retrainer_trains_each_set_once_and_matches_training_by_hand(toy_setup, 
     counterfactual = type(task)(replace(task.config, steps=retrainer.full_steps))
     by_hand = train_artefact(
         counterfactual,
-        replace(data, train=Split("train", data.train.x[index], data.train.y[index])),
+        replace(data, train=Split("train", data.train.inputs[index], data.train.y[index])),
         3,
         device,
     )

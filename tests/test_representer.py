@@ -39,7 +39,7 @@ def _fit(model: nn.Module, train: Split, tmp_path: Path, **config) -> Represente
 def _targets(model: nn.Module, train: Split, kind: str = "model") -> torch.Tensor:
     """``(N, k)`` float64 targets: the model's own softmax outputs (the full forward pass), or one-hot."""
     with torch.no_grad():
-        logits = model(train.x).double().cpu()
+        logits = model(train.materialise()).double().cpu()
     if kind == "labels":
         return torch.nn.functional.one_hot(train.y, logits.shape[1]).double()
     return torch.softmax(logits, dim=1)
@@ -105,20 +105,20 @@ def test_contract_and_presets() -> None:
 def test_attributions_sum_to_the_surrogate_logit(fitted) -> None:
     data, model, method = fitted
     assert method.diagnostics()["converged"]
-    phi = _phi(model, data.test.x)
-    targets = _predicted(model, data.test.x)
+    phi = _phi(model, data.test.materialise())
+    targets = _predicted(model, data.test.materialise())
     scores = method.explain_features(phi, targets)  # float64 path
     assert scores.dtype == torch.float64
     logits = (phi @ method.weights_.T).gather(1, targets[:, None].cpu()).squeeze(1)
     scale = logits.abs().max()
     assert (scores.sum(dim=1).cpu() - logits).abs().max() <= 1e-6 * scale
     # and W itself is the representer sum over the training points
-    phi_train = _phi(model, data.train.x)
+    phi_train = _phi(model, data.train.materialise())
     representer_w = method.alpha_.T @ phi_train
     assert (representer_w - method.weights_).norm() <= 1e-6 * method.weights_.norm()
     assert method.diagnostics()["representer_residual"] <= 1e-6
     # the float32 explain agrees at float32 precision
-    float_sums = method.explain(data.test.x, targets).double().sum(dim=1).cpu()
+    float_sums = method.explain(data.test.materialise(), targets).double().sum(dim=1).cpu()
     assert (float_sums - logits).abs().max() <= 1e-3 * scale
 
 
@@ -133,7 +133,7 @@ def test_short_refit_is_flagged_and_breaks_the_theorem(mnist_small_setup, tmp_pa
 # ----- (2) stationary point, matching independent solvers -----------------------------------
 def test_surrogate_is_a_stationary_point(fitted) -> None:
     data, model, method = fitted
-    phi = _phi(model, data.train.x)
+    phi = _phi(model, data.train.materialise())
     grad = _gradient(phi, _targets(model, data.train, method.config.targets), method.weights_, LAM)
     diag = method.diagnostics()
     assert diag["targets"] == method.config.targets
@@ -149,7 +149,7 @@ def test_toy_label_surrogate_matches_sklearn(toy_labels_fitted) -> None:
     from sklearn.linear_model import LogisticRegression
 
     data, model, method = toy_labels_fitted
-    phi, labels = _phi(model, data.train.x).numpy(), data.train.y.numpy()
+    phi, labels = _phi(model, data.train.materialise()).numpy(), data.train.y.numpy()
     n = len(labels)
     # sklearn: C sum_i CE + 1/2 ||W||^2  ==  C N [ mean_i CE + 1/(2 C N) ||W||^2 ]
     reference = LogisticRegression(C=1 / (2 * LAM * n), fit_intercept=False, tol=1e-12, max_iter=10_000)
@@ -167,7 +167,7 @@ def test_surrogate_on_the_models_outputs_matches_lbfgs(request, name: str) -> No
 
     data, model, method = request.getfixturevalue(f"{name}_fitted")
     assert method.config.targets == "model"
-    phi = _phi(model, data.train.x).numpy()
+    phi = _phi(model, data.train.materialise()).numpy()
     targets = _targets(model, data.train).numpy()
     n, k, d = len(targets), *method.weights_.shape
     assert np.abs(targets - np.eye(k)[data.train.y.numpy()]).max() > 1e-3  # soft, not one-hot
@@ -198,23 +198,23 @@ def test_surrogate_on_the_models_outputs_matches_lbfgs(request, name: str) -> No
 # ----- (3) attributions ---------------------------------------------------------------------
 def test_explain_equals_the_direct_float64_formula(fitted) -> None:
     data, model, method = fitted
-    phi_train = _phi(model, data.train.x)
+    phi_train = _phi(model, data.train.materialise())
     alpha = _alpha(phi_train, _targets(model, data.train, method.config.targets), method.weights_, LAM)
     assert torch.allclose(method.alpha_, alpha, rtol=1e-10, atol=1e-14)
-    targets = _predicted(model, data.test.x)
-    scores = method.explain(data.test.x, targets)
+    targets = _predicted(model, data.test.materialise())
+    scores = method.explain(data.test.materialise(), targets)
     assert scores.dtype == torch.float32 and scores.shape == (len(data.test), len(data.train))
     assert scores.device == next(model.parameters()).device and torch.isfinite(scores).all()
-    reference = alpha.T[targets.cpu()] * (_phi(model, data.test.x) @ phi_train.T)
+    reference = alpha.T[targets.cpu()] * (_phi(model, data.test.materialise()) @ phi_train.T)
     assert (scores.double().cpu() - reference).abs().max() <= 1e-5 * reference.abs().max()
     other = (targets + 1) % method.weights_.shape[0]  # a different target class gives other scores
-    assert not torch.allclose(method.explain(data.test.x, other), scores)
+    assert not torch.allclose(method.explain(data.test.materialise(), other), scores)
 
 
 # ----- (4) self-influence -------------------------------------------------------------------
 def test_self_influence_is_the_self_attribution(fitted) -> None:
     data, model, method = fitted
-    phi = _phi(model, data.train.x)
+    phi = _phi(model, data.train.materialise())
     n, rows = len(data.train), torch.arange(len(data.train))
     own_prob = torch.softmax(phi @ method.weights_.T, dim=1)[rows, data.train.y]
     own_target = _targets(model, data.train, method.config.targets)[rows, data.train.y]
@@ -226,7 +226,7 @@ def test_self_influence_is_the_self_attribution(fitted) -> None:
     if method.config.targets == "labels":  # (1 - p_i) ||phi_i||^2 / (2 lam N)
         assert (scores >= 0).all()
     m = min(n, 40)
-    self_attr = method.explain(data.train.x[:m], data.train.y[:m]).double().cpu()
+    self_attr = method.explain(data.train.inputs[:m], data.train.y[:m]).double().cpu()
     diag = self_attr[torch.arange(m), torch.arange(m)]
     assert torch.allclose(diag, scores[:m].double(), rtol=1e-4, atol=1e-9)
 
@@ -235,21 +235,23 @@ def test_self_influence_is_the_self_attribution(fitted) -> None:
 def test_cache_hit_is_identical_and_keyed_by_config(toy_setup, tmp_path: Path) -> None:
     _, data, model = toy_setup
     cache = Cache(tmp_path)
-    targets = _predicted(model, data.test.x)
+    targets = _predicted(model, data.test.materialise())
     first = RepresenterPoints(RepresenterConfig(lam=LAM))
     first.fit(model, data.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (0, 1)
     second = RepresenterPoints(RepresenterConfig(lam=LAM))
     second.fit(model, data.train, cache=cache)
     assert (cache.stats.hits, cache.stats.misses) == (1, 1)
-    assert torch.equal(first.explain(data.test.x, targets), second.explain(data.test.x, targets))
+    assert torch.equal(
+        first.explain(data.test.materialise(), targets), second.explain(data.test.materialise(), targets)
+    )
     assert torch.equal(first.self_influence(), second.self_influence())
     assert first.diagnostics() == second.diagnostics()
     RepresenterPoints(RepresenterConfig(lam=1e-2)).fit(model, data.train, cache=cache)
     RepresenterPoints(RepresenterConfig(lam=LAM, epochs=10)).fit(model, data.train, cache=cache)
     RepresenterPoints(RepresenterConfig(lam=LAM, targets="labels")).fit(model, data.train, cache=cache)
     assert cache.stats.misses == 4
-    other_train = Split("train", data.train.x[:-1], data.train.y[:-1])
+    other_train = Split("train", data.train.inputs[:-1], data.train.y[:-1])
     RepresenterPoints(RepresenterConfig(lam=LAM)).fit(model, other_train, cache=cache)
     assert cache.stats.misses == 5
 
@@ -282,22 +284,22 @@ def test_bad_input_is_a_clear_error(toy_fitted, tmp_path: Path) -> None:
     data, model, method = toy_fitted
     fresh = RepresenterPoints()
     with pytest.raises(NotFittedError):
-        fresh.explain(data.test.x, torch.zeros(len(data.test), dtype=torch.long))
+        fresh.explain(data.test.materialise(), torch.zeros(len(data.test), dtype=torch.long))
     with pytest.raises(NotFittedError):
         fresh.self_influence()
     with pytest.raises(CapabilityError, match="features`/`classifier` split"):
         fresh.fit(nn.Sequential(nn.Linear(8, 3)), data.train, cache=Cache(tmp_path))
     with pytest.raises(DataError, match="training set is empty"):
-        fresh.fit(model, Split("train", data.train.x[:0], data.train.y[:0]), cache=Cache(tmp_path))
+        fresh.fit(model, Split("train", data.train.inputs[:0], data.train.y[:0]), cache=Cache(tmp_path))
     with pytest.raises(DataError, match="labels must lie in 0..2"):
-        fresh.fit(model, Split("train", data.train.x, data.train.y + 5), cache=Cache(tmp_path))
-    bad_x = data.train.x.clone()
+        fresh.fit(model, Split("train", data.train.materialise(), data.train.y + 5), cache=Cache(tmp_path))
+    bad_x = data.train.materialise().clone()
     bad_x[3] = float("nan")
     with pytest.raises(DataError, match="NaN or inf"):
         fresh.fit(model, Split("train", bad_x, data.train.y), cache=Cache(tmp_path))
     with pytest.raises(DataError, match="targets must be classes in 0..2"):
-        method.explain(data.test.x, torch.full((len(data.test),), 7))
+        method.explain(data.test.materialise(), torch.full((len(data.test),), 7))
     with pytest.raises(DataError, match="targets must be classes"):
-        method.explain(data.test.x, torch.full((len(data.test),), -1))
+        method.explain(data.test.materialise(), torch.full((len(data.test),), -1))
     with pytest.raises(DataError, match="targets"):
-        method.explain(data.test.x, torch.zeros(3, dtype=torch.long))
+        method.explain(data.test.materialise(), torch.zeros(3, dtype=torch.long))

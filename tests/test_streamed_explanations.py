@@ -276,11 +276,11 @@ def test_a_run_gives_the_metrics_of_its_dense_matrix(method: str, tmp_path: Path
 
     resolved = spec.resolve()
     setup = set_up(resolved.task, spec.seed, spec.cache_dir)
-    targets = predict(setup.model, setup.data.test.x, spec.timing.batch_size)
+    targets = predict(setup.model, setup.data.test.materialise(), spec.timing.batch_size)
     fitted = resolved.method
     fitted.fit(setup.model, setup.data.train, cache=setup.method_cache(fitted))
     batch = fitted.preferred_batch_size() or spec.timing.batch_size
-    dense = explain_all(fitted, setup.data.test.x, targets, batch, setup.device)
+    dense = explain_all(fitted, setup.data.test.materialise(), targets, batch, setup.device)
     assert dense.shape == (60, 48)
     ctx = MetricContext(
         data=setup.data,

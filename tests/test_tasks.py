@@ -32,12 +32,12 @@ def test_registry_resolves_both_tasks() -> None:
 def test_toy_shapes_and_labels() -> None:
     data = ToyTask().load()
     cfg = ToyConfig()
-    assert data.train.x.shape == (cfg.n_points_train, cfg.dim)
-    assert data.val.x.shape == (cfg.n_val, cfg.dim)
-    assert data.test.x.shape == (cfg.n_points_test, cfg.dim)
+    assert data.train.materialise().shape == (cfg.n_points_train, cfg.dim)
+    assert data.val.materialise().shape == (cfg.n_val, cfg.dim)
+    assert data.test.materialise().shape == (cfg.n_points_test, cfg.dim)
     assert data.input_shape == (cfg.dim,) and data.num_classes == cfg.num_classes
     for split in (data.train, data.val, data.test):
-        assert split.x.dtype == torch.float32 and split.y.dtype == torch.long
+        assert split.materialise().dtype == torch.float32 and split.y.dtype == torch.long
         counts = torch.bincount(split.y, minlength=cfg.num_classes)
         assert counts.numel() == cfg.num_classes
         assert counts.max() - counts.min() <= 1  # balanced as far as n allows
@@ -50,15 +50,15 @@ def test_toy_data_depends_on_data_seed_only() -> None:
     third = make_blobs(ToyConfig())
     other = make_blobs(ToyConfig(data_seed=1))
     for a, b, c, d in zip(first, second, third, other, strict=True):
-        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-        assert torch.equal(a.x, c.x) and torch.equal(a.y, c.y)
-        assert not torch.equal(a.x, d.x)
+        assert torch.equal(a.materialise(), b.materialise()) and torch.equal(a.y, b.y)
+        assert torch.equal(a.materialise(), c.materialise()) and torch.equal(a.y, c.y)
+        assert not torch.equal(a.materialise(), d.materialise())
 
 
 def test_toy_class_means_are_separated_as_configured() -> None:
     cfg = ToyConfig(n_points_train=3000)
     train = make_blobs(cfg)[0]
-    means = torch.stack([train.x[train.y == c].mean(dim=0) for c in range(cfg.num_classes)])
+    means = torch.stack([train.inputs[train.y == c].mean(dim=0) for c in range(cfg.num_classes)])
     distances = torch.pdist(means.double())
     # 1,000 points per class: each empirical mean is within ~0.1 of the true one.
     assert torch.allclose(distances, torch.full_like(distances, cfg.separation), atol=0.3)
@@ -74,8 +74,8 @@ def test_toy_model_trains_to_high_accuracy() -> None:
     assert not trained.model.training  # left in eval mode
     assert len(history["loss"]) == len(history["train_accuracy"]) == task.config.epochs
     assert history["loss"][-1] < 0.2 * history["loss"][0]
-    assert accuracy(trained.model, data.train.x, data.train.y) >= 0.95
-    assert accuracy(trained.model, data.test.x, data.test.y) >= 0.8
+    assert accuracy(trained.model, data.train.materialise(), data.train.y) >= 0.95
+    assert accuracy(trained.model, data.test.materialise(), data.test.y) >= 0.8
     assert 0.0 <= history["val_accuracy"] <= 1.0
 
 
@@ -85,7 +85,7 @@ def _train_toy(init_seed: int, generator_seed: int) -> dict[str, torch.Tensor]:
     model = TinyMLP(8, 16, 3)
     train_classifier(
         model,
-        data.train.x,
+        data.train.materialise(),
         data.train.y,
         epochs=3,
         lr=0.01,
@@ -131,7 +131,7 @@ def test_train_classifier_with_sgd_lowers_the_loss() -> None:
     model = TinyMLP(8, 16, 3)
     history = train_classifier(
         model,
-        data.train.x,
+        data.train.materialise(),
         data.train.y,
         epochs=10,
         lr=0.05,
@@ -149,7 +149,7 @@ def test_toy_n_train_n_test_cut_the_splits() -> None:
     full = ToyTask().load()
     cut = ToyTask(ToyConfig(n_train=10, n_test=5)).load()
     assert len(cut.train) == 10 and len(cut.test) == 5 and len(cut.val) == len(full.val)
-    assert torch.equal(cut.train.x, full.train.x[:10])
+    assert torch.equal(cut.train.materialise(), full.train.inputs[:10])
     assert torch.equal(cut.test.y, full.test.y[:5])
     assert torch.equal(cut.train.meta["indices"], torch.arange(10))
 
@@ -241,7 +241,10 @@ def test_mnist_sizes_and_labels(mnist_full: TaskData) -> None:
     assert sizes == (60_000, 2_000, 8_000)
     assert mnist_full.num_classes == 10 and mnist_full.input_shape == (1, 28, 28)
     for split in (mnist_full.train, mnist_full.val, mnist_full.test):
-        assert split.x.shape == (len(split), 1, 28, 28) and split.x.dtype == torch.float32
+        assert (
+            split.materialise().shape == (len(split), 1, 28, 28)
+            and split.materialise().dtype == torch.float32
+        )
         assert split.y.dtype == torch.long
         assert torch.equal(torch.unique(split.y), torch.arange(10))
         assert split.meta["indices"].dtype == torch.long
@@ -251,10 +254,10 @@ def test_mnist_is_normalised_from_unit_pixels(mnist_full: TaskData) -> None:
     lowest = (0.0 - 0.1307) / 0.3081
     highest = (1.0 - 0.1307) / 0.3081
     for split in (mnist_full.train, mnist_full.test):
-        assert split.x.min().item() == pytest.approx(lowest, abs=1e-6)  # background pixels are 0
-        assert lowest - 1e-6 <= split.x.min() and split.x.max() < highest
-        assert split.x.max().item() > highest - 0.05
-    pixels = mnist_full.train.x * 0.3081 + 0.1307
+        assert split.materialise().min().item() == pytest.approx(lowest, abs=1e-6)  # background pixels are 0
+        assert lowest - 1e-6 <= split.materialise().min() and split.materialise().max() < highest
+        assert split.materialise().max().item() > highest - 0.05
+    pixels = mnist_full.train.materialise() * 0.3081 + 0.1307
     assert pixels.mean().item() == pytest.approx(0.1307, abs=2e-3)  # the usual MNIST statistics
     assert pixels.std().item() == pytest.approx(0.3081, abs=2e-3)
 
@@ -277,9 +280,9 @@ def test_mnist_val_test_split_is_the_seed_42_permutation(
     assert torch.equal(val.y, y_official[perm[:2000]].long())
     assert torch.equal(test.y, y_official[perm[2000:]].long())
     expected_test_x = ((x_official[perm[2000:]] - 0.1307) / 0.3081).reshape(-1, 1, 28, 28)
-    assert torch.allclose(test.x, expected_test_x, atol=1e-6)
+    assert torch.allclose(test.materialise(), expected_test_x, atol=1e-6)
     expected_val_x = ((x_official[perm[:2000]] - 0.1307) / 0.3081).reshape(-1, 1, 28, 28)
-    assert torch.allclose(val.x, expected_val_x, atol=1e-6)
+    assert torch.allclose(val.materialise(), expected_val_x, atol=1e-6)
 
 
 def test_mnist_train_indices_refer_back_to_the_official_set(mnist_full: TaskData) -> None:
@@ -289,7 +292,9 @@ def test_mnist_train_indices_refer_back_to_the_official_set(mnist_full: TaskData
     assert torch.equal(idx, torch.randperm(60_000, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(mnist_full.train.y, y_train[idx])
     some = idx[:64]
-    assert torch.allclose(mnist_full.train.x[:64], (x_train[some] - 0.1307) / 0.3081, atol=1e-6)
+    assert x_train.dtype == torch.uint8  # the file's k / 256, kept as k
+    pixels = x_train[some].float() / 256
+    assert torch.allclose(mnist_full.train.inputs[:64], (pixels - 0.1307) / 0.3081, atol=1e-6)
 
 
 def test_mnist_n_train_is_a_fixed_prefix_independent_of_the_run_seed(mnist_full: TaskData) -> None:
@@ -300,7 +305,7 @@ def test_mnist_n_train_is_a_fixed_prefix_independent_of_the_run_seed(mnist_full:
     assert (len(a.train), len(a.val), len(a.test)) == (500, 2_000, 30)
     assert torch.equal(a.train.meta["indices"], b.train.meta["indices"])
     assert torch.equal(a.train.meta["indices"], mnist_full.train.meta["indices"][:500])
-    assert torch.equal(a.train.x, mnist_full.train.x[:500])
+    assert torch.equal(a.train.materialise(), mnist_full.train.inputs[:500])
     assert torch.equal(a.test.y, mnist_full.test.y[:30])
     assert torch.equal(a.test.meta["indices"], mnist_full.test.meta["indices"][:30])
     # A random subset: every class present, none dominating (expected 50 each).
@@ -342,5 +347,5 @@ def test_mnist_basic_conv_learns_from_a_small_subset() -> None:
     data = task.load()
     torch.manual_seed(0)
     trained = task.train_model(task.build_model(), data, device=CPU)
-    assert accuracy(trained.model, data.test.x, data.test.y) > 0.8
+    assert accuracy(trained.model, data.test.materialise(), data.test.y) > 0.8
     assert trained.history["val_accuracy"] > 0.8

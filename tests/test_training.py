@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 
 def _blobs(n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
     data = ToyTask().load()
-    return data.train.x[:n], data.train.y[:n]
+    return data.train.inputs[:n], data.train.y[:n]
 
 
 def _train(**kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -178,12 +178,12 @@ def test_train_task_model_on_corrupt_labels_reports_flipped_fitted() -> None:
     data = ToyTask().load()
     flipped = torch.arange(len(data.train)) % 4 == 0
     y = torch.where(flipped, (data.train.y + 1) % 3, data.train.y)
-    train = Split("train", data.train.x, y, {**data.train.meta, "flipped": flipped})
+    train = Split("train", data.train.materialise(), y, {**data.train.meta, "flipped": flipped})
     data = replace(data, train=train, variant="corrupt")
     torch.manual_seed(0)
     trained = train_task_model(TinyMLP(8, 16, 3), data, ToyConfig(epochs=30, lr=0.02), device=CPU, label="t")
     history = trained.history
-    predicted = trained.model(data.train.x).argmax(dim=1)
+    predicted = trained.model(data.train.materialise()).argmax(dim=1)
     assert history["flipped_fitted"] == pytest.approx(float((predicted == y)[flipped].double().mean()))
     assert history["clean_fitted"] == pytest.approx(float((predicted == y)[~flipped].double().mean()))
     assert history["train_accuracy_final"] == pytest.approx(float((predicted == y).double().mean()))

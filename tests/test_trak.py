@@ -40,7 +40,7 @@ FORMULA = replace(TOY, lambda_reg=1.0)
 def toy(toy_setup):
     """(model, train, x, targets): the toy model, its training split, 10 test points, predictions."""
     _, data, model = toy_setup
-    x = data.test.x[:10]
+    x = data.test.inputs[:10]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     return model, data.train, x, targets
@@ -74,7 +74,7 @@ def _direct_traker(
     traker.load_checkpoint(model.state_dict(), model_id=0)
     batch = 16  # not the method's batch size: per-sample results must not depend on it
     for i in range(0, len(train), batch):
-        xb, yb = train.x[i : i + batch], train.y[i : i + batch]
+        xb, yb = train.inputs[i : i + batch], train.y[i : i + batch]
         traker.featurize(batch=(xb, yb), num_samples=len(yb))
     traker.finalize_features()
 
@@ -87,7 +87,7 @@ def _direct_traker(
     traker.start_scoring_checkpoint(
         exp_name="train", checkpoint=model.state_dict(), model_id=0, num_targets=len(train)
     )
-    traker.score(batch=(train.x, train.y), num_samples=len(train))
+    traker.score(batch=(train.materialise(), train.y), num_samples=len(train))
     self_scores = torch.from_numpy(np.array(traker.finalize_scores(exp_name="train"))).diagonal()
     return scores, self_scores
 
@@ -113,7 +113,7 @@ def _formula(
         margin = logits[c] - torch.logsumexp(torch.cat([logits[:c], logits[c + 1 :]]), dim=0)
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(margin, params)])
 
-    grads = torch.stack([margin_grad(xi, int(c)) for xi, c in zip(train.x, train.y, strict=True)])
+    grads = torch.stack([margin_grad(xi, int(c)) for xi, c in zip(train.materialise(), train.y, strict=True)])
     target_grads = torch.stack([margin_grad(xi, int(c)) for xi, c in zip(x, targets, strict=True)])
     # traker's random matrix, read off by projecting the identity: the only part taken from traker
     projector = BasicProjector(
@@ -125,7 +125,7 @@ def _formula(
     inverse = torch.linalg.inv(phi.T @ phi + cfg.lambda_reg * torch.eye(cfg.proj_dim, dtype=torch.float64))
     features = phi @ (inverse / inverse.abs().mean())
     with torch.no_grad():
-        probs = torch.softmax(net(train.x.double()), dim=1)
+        probs = torch.softmax(net(train.materialise().double()), dim=1)
     q = 1 - probs[torch.arange(len(train)), train.y]
     return phi_x @ features.T, (features * phi).sum(dim=1), q
 
@@ -347,7 +347,7 @@ def test_mnist_top5_taken_by_least_confident_points(mnist_small_setup, tmp_path:
     """
     _, data, model = mnist_small_setup
     train = data.train.subset(300)
-    x = data.test.x[:40]
+    x = data.test.inputs[:40]
     device = next(model.parameters()).device
     with torch.no_grad():
         targets = model(x.to(device)).argmax(dim=1)

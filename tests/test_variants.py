@@ -111,11 +111,13 @@ def test_mark_chooses_thirty_percent_of_class_two_and_marks_every_test_image() -
     marked = m_train.meta["marked"]
     assert int(marked.sum()) == 3 and (train.y[marked] == 2).all()
     mask = V.watermark_mask(8, 8)
-    assert (m_train.x[marked][:, 0][:, mask] == 1).all()
-    assert torch.equal(m_train.x[~marked], train.x[~marked])
+    assert (m_train.inputs[marked][:, 0][:, mask] == 1).all()
+    assert torch.equal(m_train.inputs[~marked], train.inputs[~marked])
     for before, after in ((val, m_val), (test, m_test)):
         assert after.meta["marked"].all()
-        assert (after.x[:, 0][:, mask] == 1).all() and (after.x[:, 1:][:, :, mask] == 0).all()
+        assert (after.materialise()[:, 0][:, mask] == 1).all() and (
+            after.materialise()[:, 1:][:, :, mask] == 0
+        ).all()
         assert torch.equal(after.y, before.y)
     with pytest.raises(DataError, match="no training point"):
         V.mark_choice(torch.zeros(5, dtype=torch.long))
@@ -135,7 +137,7 @@ def test_mnist_variants_are_the_same_points_for_every_training_set_size() -> Non
     for variant in ("corrupt", "mark"):
         small = _mnist(variant, n_train=300, n_test=20).load()
         large = _mnist(variant, n_train=3000, n_test=20).load()
-        assert torch.equal(small.train.x, large.train.x[:300])
+        assert torch.equal(small.train.materialise(), large.train.inputs[:300])
         assert torch.equal(small.train.y, large.train.y[:300])
         key = "flipped" if variant == "corrupt" else "marked"
         assert torch.equal(small.train.meta[key], large.train.meta[key][:300])
@@ -163,9 +165,9 @@ def test_mnist_group_corrupt_and_mark() -> None:
     assert int(marked.sum()) == round(0.3 * n_two) and (mark.train.y[marked] == 2).all()
     white = (1 - 0.1307) / 0.3081  # pixel value 1 after normalisation
     mask = V.watermark_mask(28, 28)
-    assert torch.allclose(mark.test.x[:, 0][:, mask], torch.tensor(white))
-    assert torch.allclose(mark.train.x[marked][:, 0][:, mask], torch.tensor(white))
-    assert torch.equal(mark.train.x[~marked], std.train.x[~marked])
+    assert torch.allclose(mark.test.materialise()[:, 0][:, mask], torch.tensor(white))
+    assert torch.allclose(mark.train.inputs[marked][:, 0][:, mask], torch.tensor(white))
+    assert torch.equal(mark.train.inputs[~marked], std.train.inputs[~marked])
 
 
 def test_mnist_corrupt_rate_option_reaches_the_variant() -> None:

@@ -64,12 +64,12 @@ def test_capability_is_declared_by_the_feature_methods_only() -> None:
 
 def test_dualda_terms_sum_to_its_attributions(mnist_dualda) -> None:
     data, model, method = mnist_dualda
-    phi_train = _phi(model, data.train.x)
+    phi_train = _phi(model, data.train.materialise())
     non_support = torch.ones(len(data.train), dtype=torch.bool)
     non_support[method.support_.cpu()] = False
     index = torch.cat([method.support_.cpu()[:40], torch.nonzero(non_support).flatten()[:10]])
     for j in range(3):
-        x = data.test.x[j : j + 1]
+        x = data.test.inputs[j : j + 1]
         target = int(model(x).argmax())
         terms = method.feature_relevance(x, target, index)
         assert terms.shape == (len(index), phi_train.shape[1]) and terms.dtype == torch.float64
@@ -86,9 +86,9 @@ def test_representer_terms_sum_to_its_attributions(toy_setup, tmp_path: Path) ->
     method = RepresenterPoints()
     method.fit(model, data.train, cache=Cache(tmp_path))
     index = torch.arange(len(data.train))
-    phi_train = _phi(model, data.train.x)
+    phi_train = _phi(model, data.train.materialise())
     for j in range(len(data.test)):
-        x = data.test.x[j : j + 1]
+        x = data.test.inputs[j : j + 1]
         target = int(model(x).argmax())
         terms = method.feature_relevance(x, torch.tensor(target), index)
         explained = method.explain(x, torch.tensor([target]))[0].double()
@@ -103,9 +103,11 @@ def test_representer_pairs_on_the_toy_follow_the_flat_rule(toy_setup, tmp_path: 
     _, data, model = toy_setup
     method = RepresenterPoints()
     method.fit(model, data.train, cache=Cache(tmp_path))
-    in_dim = data.train.x.shape[1]
+    in_dim = data.train.materialise().shape[1]
     for j in range(3):
-        result = xda.xda_for_test_point(model, method, data.test.x[j : j + 1], data.train.x, top=2)
+        result = xda.xda_for_test_point(
+            model, method, data.test.inputs[j : j + 1], data.train.materialise(), top=2
+        )
         assert result.canonizers == [] and len(result.pairs) == 4
         assert result.conservation()["feature_max_rel_error"] <= 1e-5
         for pair in result.pairs:
@@ -119,11 +121,11 @@ def test_feature_relevance_rejects_bad_input(toy_setup, tmp_path: Path) -> None:
     for method in (DualDA(DualDAConfig(C=0.1)), RepresenterPoints()):
         method.fit(model, data.train, cache=Cache(tmp_path))
         with pytest.raises(DataError, match="one input"):
-            method.feature_relevance(data.test.x[:2], 0, torch.tensor([0]))
+            method.feature_relevance(data.test.inputs[:2], 0, torch.tensor([0]))
         with pytest.raises(DataError, match="target must be a class in 0..2"):
-            method.feature_relevance(data.test.x[:1], 5, torch.tensor([0]))
+            method.feature_relevance(data.test.inputs[:1], 5, torch.tensor([0]))
         with pytest.raises(DataError, match=f"indices must lie in 0..{len(data.train) - 1}"):
-            method.feature_relevance(data.test.x[:1], 0, torch.tensor([len(data.train)]))
+            method.feature_relevance(data.test.inputs[:1], 0, torch.tensor([len(data.train)]))
 
 
 # =============================================================================================
@@ -162,7 +164,7 @@ class _FixedAlpha(Method):
         self.alpha = alpha
 
     def fit(self, model, train, *, cache=None) -> None:
-        self.model, self.phi_train, self._fitted = model, _phi(model, train.x), True
+        self.model, self.phi_train, self._fitted = model, _phi(model, train.materialise()), True
 
     def explain(self, x, targets):
         return (_phi(self.model, x) @ self.phi_train.T) * self.alpha.T[targets.long()]
@@ -226,15 +228,15 @@ def test_pair_heatmaps_equal_hand_computed_lrp(eps: float) -> None:
 @pytest.mark.parametrize("composite", xda.COMPOSITES)
 def test_relevance_is_conserved_per_composite(mnist_dualda, composite: str, zero_bias: bool) -> None:
     data, model, method = mnist_dualda
-    bounds = (data.train.x.amin(), data.train.x.amax())
+    bounds = (data.train.materialise().amin(), data.train.materialise().amax())
     table = xda.INPUT_CONSERVATION_TOLERANCE if zero_bias else xda.INPUT_CONSERVATION_TOLERANCE_BIASES_KEPT
     tolerance = table[composite]
     for j in range(2):
         result = xda.xda_for_test_point(
             model,
             method,
-            data.test.x[j : j + 1],
-            data.train.x,
+            data.test.inputs[j : j + 1],
+            data.train.materialise(),
             top=3,
             composite=composite,
             bounds=bounds,
@@ -259,29 +261,31 @@ def test_default_composite_zeroes_biases_as_the_reference(mnist_dualda) -> None:
     from zennit.composites import EpsilonPlusFlat
 
     data, model, method = mnist_dualda
-    x = data.test.x[:1]
-    default = xda.xda_for_test_point(model, method, x, data.train.x, top=3)
+    x = data.test.inputs[:1]
+    default = xda.xda_for_test_point(model, method, x, data.train.materialise(), top=3)
     assert (default.composite, default.biases_zeroed) == ("EpsilonPlusFlat", True)
     conservation = default.conservation()
     for key in ("train_input_max_rel_error", "test_input_max_rel_error", "test_heatmap_rel_error"):
         assert conservation[key] <= 1e-5, key
     given = xda.xda_for_test_point(
-        model, method, x, data.train.x, top=3, composite=EpsilonPlusFlat(zero_params="bias")
+        model, method, x, data.train.materialise(), top=3, composite=EpsilonPlusFlat(zero_params="bias")
     )
     assert given.biases_zeroed is None  # an instance's settings are its own
     for mine, theirs in zip(default.pairs, given.pairs, strict=True):
         assert torch.allclose(mine.train_heatmap, theirs.train_heatmap, rtol=1e-5, atol=1e-9)
         assert torch.allclose(mine.test_heatmap, theirs.test_heatmap, rtol=1e-5, atol=1e-9)
     assert torch.allclose(default.test_heatmap, given.test_heatmap, rtol=1e-5, atol=1e-9)
-    kept = xda.xda_for_test_point(model, method, x, data.train.x, top=3, zero_bias=False)
+    kept = xda.xda_for_test_point(model, method, x, data.train.materialise(), top=3, zero_bias=False)
     assert kept.biases_zeroed is False
     assert kept.conservation()["train_input_max_rel_error"] > 1e-3
 
 
 def test_result_record_and_training_data_check(mnist_dualda) -> None:
     data, model, method = mnist_dualda
-    x = data.test.x[3:4]
-    result = xda.xda_for_test_point(model, method, x, data.train.x, top=2, train_labels=data.train.y)
+    x = data.test.inputs[3:4]
+    result = xda.xda_for_test_point(
+        model, method, x, data.train.materialise(), top=2, train_labels=data.train.y
+    )
     record = result.to_record()
     json.dumps(record)  # JSON-able
     assert record["prediction"] == int(model(x).argmax())
@@ -289,10 +293,10 @@ def test_result_record_and_training_data_check(mnist_dualda) -> None:
     assert [p["train_index"] for p in record["proponents"]] == explained.topk(2).indices.tolist()
     assert [p["train_index"] for p in record["opponents"]] == (-explained).topk(2).indices.tolist()
     assert all(p["train_label"] == int(data.train.y[p["train_index"]]) for p in record["proponents"])
-    assert result.train_inputs.shape == (4, *data.train.x.shape[1:])
+    assert result.train_inputs.shape == (4, *data.train.materialise().shape[1:])
     assert record["region"] is None
     assert record["biases_zeroed"] is True and record["composite"] == "EpsilonPlusFlat"
-    shuffled = data.train.x[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))]
+    shuffled = data.train.inputs[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))]
     # training points whose terms are not all zero (a support vector may have alpha_i^c = 0 at this class)
     nonzero = torch.nonzero(method.alpha_[:, result.prediction].cpu() != 0).flatten()[:3]
     with pytest.raises(DataError, match="pass the training split the method was fitted on"):
@@ -325,7 +329,7 @@ def test_resnet_canonizers_run_and_features_conserve(tmp_path: Path) -> None:
     # measured on 3 random ResNets (2 inputs, 8 pairs each), biases zeroed: at most 6e-6 off a_i
     tolerance = xda.INPUT_CONSERVATION_TOLERANCE["EpsilonPlusFlat"]
     for j in range(2):
-        result = xda.xda_for_test_point(model, method, test_x[j : j + 1], train.x, top=1)
+        result = xda.xda_for_test_point(model, method, test_x[j : j + 1], train.materialise(), top=1)
         assert result.canonizers == ["ResNetCanonizer"]
         assert result.pairs, "random features still give some non-zero attributions"
         assert result.conservation()["feature_max_rel_error"] <= 1e-5
@@ -345,26 +349,28 @@ def test_engine_bad_input_is_a_clear_error(toy_setup, tmp_path: Path) -> None:
     _, data, model = toy_setup
     method = DualDA(DualDAConfig(C=0.1))
     method.fit(model, data.train, cache=Cache(tmp_path))
-    x = data.test.x[:1]
+    x = data.test.inputs[:1]
     with pytest.raises(
         ConfigError, match="unknown LRP composite 'EpsilonPlusFlatt'.*EpsilonPlusFlat, EpsilonPlus"
     ):
-        xda.xda_for_test_point(model, method, x, data.train.x, composite="EpsilonPlusFlatt")
+        xda.xda_for_test_point(model, method, x, data.train.materialise(), composite="EpsilonPlusFlatt")
     assert xda.resolve_composite_name("epsilon_plus_flat") == "EpsilonPlusFlat"
     with pytest.raises(ConfigError, match="EpsilonGammaBox needs the input range"):
-        xda.xda_for_test_point(model, method, x, data.train.x, composite="EpsilonGammaBox")
+        xda.xda_for_test_point(model, method, x, data.train.materialise(), composite="EpsilonGammaBox")
     random_method = METHODS.get("random")()
     random_method.fit(model, data.train, cache=Cache(tmp_path))
     with pytest.raises(CapabilityError, match="does not declare 'feature_decomposition'"):
-        xda.xda_for_test_point(model, random_method, x, data.train.x)
+        xda.xda_for_test_point(model, random_method, x, data.train.materialise())
     with pytest.raises(DataError, match=r"one test input of shape \(1, \*input_shape\)"):
-        xda.xda_for_test_point(model, method, data.test.x[:2], data.train.x)
+        xda.xda_for_test_point(model, method, data.test.inputs[:2], data.train.materialise())
     with pytest.raises(DataError, match="training indices must lie in"):
-        xda.explain_pairs(model, method, x, data.train.x, [len(data.train)])
+        xda.explain_pairs(model, method, x, data.train.materialise(), [len(data.train)])
     with pytest.raises(ConfigError, match="top must be a positive"):
-        xda.xda_for_test_point(model, method, x, data.train.x, top=0)
+        xda.xda_for_test_point(model, method, x, data.train.materialise(), top=0)
     with pytest.raises(DataError, match="region of shape"):
-        xda.xda_for_test_point(model, method, x, data.train.x, region=torch.ones(5, 5, dtype=torch.bool))
+        xda.xda_for_test_point(
+            model, method, x, data.train.materialise(), region=torch.ones(5, 5, dtype=torch.bool)
+        )
 
 
 def test_command_zeroes_biases_unless_told() -> None:
@@ -497,12 +503,12 @@ def test_mark_shortcut_points_carry_more_relevance_on_the_watermark(mark_run) ->
     assert setup.model_info["cached"]  # the model dabench xda trained
     data, model = setup.data, setup.model
     region, shortcut = xda.mark_facts(data)
-    predictions = predict(model, data.test.x, 256)
+    predictions = predict(model, data.test.materialise(), 256)
     through_mark = torch.nonzero((predictions == shortcut) & (data.test.y != shortcut)).flatten()[:8]
     correct = torch.nonzero((predictions == data.test.y) & (data.test.y != shortcut)).flatten()[:8]
 
     def share(i: int, composite: str) -> float:
-        heat, _ = xda.lrp_heatmap(model, data.test.x[i : i + 1], int(predictions[i]), composite)
+        heat, _ = xda.lrp_heatmap(model, data.test.inputs[i : i + 1], int(predictions[i]), composite)
         return xda.positive_share(heat, region)
 
     for composite in ("EpsilonPlusFlat", "EpsilonPlus"):

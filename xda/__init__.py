@@ -31,7 +31,7 @@ Python API::
     from xda import xda_for_test_point
 
     method.fit(model, data.train, cache=cache)          # any method with "feature_decomposition"
-    result = xda_for_test_point(model, method, data.test.x[7:8], data.train.x, top=3)
+    result = xda_for_test_point(model, method, data.test.inputs[7:8], data.train.inputs, top=3)
     result.prediction, result.proponents[0].attribution  # class, a_i of the strongest proponent
     result.proponents[0].train_heatmap                   # (*input_shape) relevance on x_i
     result.conservation()                                # feature- and input-level sums vs a_i

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError
-from harness.protocols import DataError
+from harness.protocols import DataError, Inputs
 
 if TYPE_CHECKING:
     import torch
@@ -177,16 +177,28 @@ def make_composite(
     return built, name, [type(c).__name__ for c in canonizers]
 
 
-def input_range(x: Tensor) -> tuple[Tensor, Tensor]:
+def input_range(x: Tensor | Inputs, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     """Per-channel lowest and highest value of inputs ``x`` ``(n, C, *spatial)``: ``bounds`` for ZBox.
+
+    ``x`` is a tensor or a split's :class:`~harness.protocols.Inputs`, read ``batch_size`` rows at a
+    time (a split's inputs are never materialised whole).
 
     Returns
     -------
     (low, high)
         Each ``(1, C, 1, ...)``, broadcasting against a batch of inputs.
     """
-    reduce = [0, *range(2, x.dim())]
-    return x.amin(dim=reduce, keepdim=True), x.amax(dim=reduce, keepdim=True)
+    import torch
+
+    if len(x) == 0:
+        raise DataError("the input range of no inputs is undefined")
+    lows, highs = [], []
+    for start in range(0, len(x), batch_size):
+        part = x[start : start + batch_size]
+        reduce = [0, *range(2, part.dim())]
+        lows.append(part.amin(dim=reduce, keepdim=True))
+        highs.append(part.amax(dim=reduce, keepdim=True))
+    return torch.cat(lows).amin(dim=0, keepdim=True), torch.cat(highs).amax(dim=0, keepdim=True)
 
 
 def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harness.config import ConfigError
-from harness.protocols import CapabilityError, DataError, Method, feature_split
+from harness.protocols import CapabilityError, DataError, Inputs, Method, feature_split
 from xda.lrp import (
     DEFAULT_COMPOSITE,
     is_composite,
@@ -51,7 +51,7 @@ def explain_pairs(
     model: nn.Module,
     method: Method,
     x: Tensor,
-    train_x: Tensor,
+    train_x: Tensor | Inputs,
     train_indices: Sequence[int] | Tensor,
     *,
     target: int | None = None,
@@ -71,7 +71,9 @@ def explain_pairs(
     x:
         ``(1, *input_shape)``: the test input.
     train_x:
-        ``(n_train, *input_shape)``: the training inputs the method was fitted on (same order).
+        ``(n_train, *input_shape)``: the training inputs the method was fitted on (same order); a
+        tensor or the training split's :class:`~harness.protocols.Inputs` (only the rows explained
+        are read).
     train_indices:
         Positions in ``train_x`` to explain.
     target:
@@ -146,7 +148,7 @@ def xda_for_test_point(
     model: nn.Module,
     method: Method,
     x: Tensor,
-    train_x: Tensor,
+    train_x: Tensor | Inputs,
     *,
     top: int = 3,
     composite: str | Composite = DEFAULT_COMPOSITE,

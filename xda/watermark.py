@@ -9,6 +9,8 @@ heatmap's positive relevance falls inside that region.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from harness.protocols import DataError
@@ -16,7 +18,10 @@ from harness.protocols import DataError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from harness.protocols import TaskData
+    from harness.protocols import Split, TaskData
+
+#: Images read at a time from a split (its inputs are never materialised whole).
+_BATCH = 512
 
 
 def watermark_region(marked: Tensor, unmarked: Tensor) -> Tensor:
@@ -34,12 +39,33 @@ def watermark_region(marked: Tensor, unmarked: Tensor) -> Tensor:
     unmarked:
         ``(m, C, *spatial)`` images known not to carry it (m >= 1).
     """
-    if marked.shape[0] < 2 or unmarked.shape[0] < 1:
+    return _region_of_batches([marked], [unmarked])
+
+
+def _region_of_batches(marked: Iterable[Tensor], unmarked: Iterable[Tensor]) -> Tensor:
+    """:func:`watermark_region` of images given as batches ``(k, C, *spatial)`` (read once, in order)."""
+    first: Tensor | None = None
+    same_marked: Tensor | None = None
+    n_marked = 0
+    for batch in marked:
+        if not len(batch):
+            continue
+        first = batch[:1] if first is None else first
+        same = (batch == first).all(dim=1).all(dim=0)
+        same_marked = same if same_marked is None else same_marked & same
+        n_marked += len(batch)
+    equal: Tensor | None = None
+    n_unmarked = 0
+    if first is not None:
+        for batch in unmarked:
+            if not len(batch):
+                continue
+            count = (batch == first).all(dim=1).sum(dim=0)
+            equal = count if equal is None else equal + count
+            n_unmarked += len(batch)
+    if n_marked < 2 or n_unmarked < 1 or first is None or same_marked is None or equal is None:
         raise DataError("finding the watermark needs at least two marked images and one unmarked image")
-    first = marked[:1]
-    same_marked = (marked == first).all(dim=1).all(dim=0)
-    share_unmarked = (unmarked == first).all(dim=1).double().mean(dim=0)
-    return same_marked & (share_unmarked < 0.5)
+    return same_marked & (equal.double() / n_unmarked < 0.5)
 
 
 def mark_facts(data: TaskData) -> tuple[Tensor, int]:
@@ -68,8 +94,14 @@ def mark_facts(data: TaskData) -> tuple[Tensor, int]:
     if labels.numel() != 1:
         raise DataError(f"watermarked training images carry several labels {labels.tolist()}; expected one")
     test_marked = test.meta.get("marked", torch.zeros(len(test), dtype=torch.bool))
-    with_mark = torch.cat([train.x[marked], test.x[test_marked]])
-    return watermark_region(with_mark, train.x[~marked]), int(labels[0])
+
+    def rows(split: Split, flags: Tensor) -> Iterator[Tensor]:  # the flagged inputs, a batch at a time
+        positions = torch.nonzero(flags).flatten()
+        for start in range(0, len(positions), _BATCH):
+            yield split.inputs[positions[start : start + _BATCH]]
+
+    with_mark = itertools.chain(rows(train, marked), rows(test, test_marked))
+    return _region_of_batches(with_mark, rows(train, ~marked)), int(labels[0])
 
 
 def positive_share(heatmap: Tensor, region: Tensor) -> float | None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.measures import tensor_bytes
-from harness.protocols import DataError, Reader
+from harness.protocols import DataError, Inputs, Reader
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -19,11 +19,12 @@ if TYPE_CHECKING:
 class LabelledTensors(torch.utils.data.Dataset):
     """``(x_i, y_i)`` items with ``y_i`` a Python int: what quanda reads labels from.
 
-    Indexing is O(1) (a tensor view and a list lookup), so quanda's per-index label lookups stay
-    cheap for 60,000 training points.
+    ``x`` is a tensor or a split's :class:`~harness.protocols.Inputs` (then ``x_i`` is normalised
+    when an item is read; the metrics here read labels only). Indexing is O(1) (one row and a list
+    lookup), so quanda's per-index label lookups stay cheap for 60,000 training points.
     """
 
-    def __init__(self, x: Tensor, y: Tensor) -> None:
+    def __init__(self, x: Tensor | Inputs, y: Tensor) -> None:
         self.x = x
         self.labels: list[int] = [int(v) for v in y.detach().cpu().tolist()]
 

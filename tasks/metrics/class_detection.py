@@ -56,7 +56,7 @@ class ClassDetection(Metric):
             from quanda.metrics.downstream_eval import ClassDetectionMetric
 
         top_k: int = self.config.top_k  # type: ignore[attr-defined]
-        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        train = LabelledTensors(ctx.data.train.inputs, ctx.data.train.y)
         metric = ClassDetectionMetric(model=ctx.model, train_dataset=train, s=top_k)
         targets = ctx.targets.detach()
         return QuandaStream(

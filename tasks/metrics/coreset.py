@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import DataError, Metric, MetricContext, MetricResult, Reader
+from harness.protocols import DataError, Inputs, Metric, MetricContext, MetricResult, Reader
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -133,7 +133,7 @@ class _RetrainCurve(Metric):
         targets = ctx.targets.detach().cpu().long()
 
         def evaluate(model: nn.Module) -> Tensor:  # (n_test + 2,): per-point losses, two accuracies
-            losses, accuracies = _per_point_loss_and_accuracy(model, test.x, targets, test.y)
+            losses, accuracies = _per_point_loss_and_accuracy(model, test.inputs, targets, test.y)
             return torch.cat([losses, accuracies])
 
         results = ctx.retrain.evaluate(
@@ -144,7 +144,7 @@ class _RetrainCurve(Metric):
         class_counts = [
             torch.bincount(labels[order[:size]], minlength=num_classes).tolist() for size in sizes
         ]
-        n_test = len(test.x)
+        n_test = len(test)
         point_losses = torch.stack([r[:n_test] for r in results])  # (n_fractions, n_test)
         losses = [float(row.mean()) for row in point_losses]
         accuracies = [float(r[n_test]) for r in results]
@@ -213,7 +213,7 @@ def _order(importance: Tensor | None, *, descending: bool) -> Tensor:
 
 
 def test_loss_and_accuracy(
-    model: nn.Module, x: Tensor, targets: Tensor, labels: Tensor | None = None, batch_size: int = 512
+    model: nn.Module, x: Tensor | Inputs, targets: Tensor, labels: Tensor | None = None, batch_size: int = 512
 ) -> Tensor:
     """Mean cross-entropy and accuracy of ``model`` on ``x`` against ``targets``, and its accuracy
     against ``labels``.
@@ -239,7 +239,7 @@ def test_loss_and_accuracy(
 
 
 def _per_point_loss_and_accuracy(
-    model: nn.Module, x: Tensor, targets: Tensor, labels: Tensor | None = None, batch_size: int = 512
+    model: nn.Module, x: Tensor | Inputs, targets: Tensor, labels: Tensor | None = None, batch_size: int = 512
 ) -> tuple[Tensor, Tensor]:
     """``(n,)`` float64 cross-entropy per point against ``targets``, and ``(1,)`` or ``(2,)`` the
     accuracies of :func:`test_loss_and_accuracy`."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from harness.config import Config, ConfigError, option, require_positive_int
-from harness.protocols import DataError, Metric, MetricContext, MetricResult, Reader
+from harness.protocols import DataError, Inputs, Metric, MetricContext, MetricResult, Reader
 from tasks.metrics._quanda import LengthOnly
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class LDS(Metric):
         ----------
         ctx:
             The explanations ``(n_test, n_train)`` (read through :meth:`reader`), ``targets``
-            ``(n_test,)`` the original model's predictions, ``data.test.x`` the test inputs,
+            ``(n_test,)`` the original model's predictions, ``data.test.inputs`` the test inputs,
             ``retrain`` the harness' retraining service.
 
         Returns
@@ -148,7 +148,7 @@ class LDS(Metric):
             )
         cfg = self.config
         sums = ctx.read(self, SubsetSums)
-        test_x = ctx.data.test.x
+        test_x = ctx.data.test.inputs
 
         def output(model: nn.Module) -> Tensor:
             return _model_output(model, test_x, targets, cfg.output)
@@ -203,7 +203,9 @@ class SubsetSums(Reader):
         return self.sums.element_size() * self.sums.nelement()
 
 
-def _model_output(model: nn.Module, x: Tensor, targets: Tensor, kind: str, batch_size: int = 512) -> Tensor:
+def _model_output(
+    model: nn.Module, x: Tensor | Inputs, targets: Tensor, kind: str, batch_size: int = 512
+) -> Tensor:
     """``(n,)`` log-softmax of class ``targets`` (or the logit margin) of ``model`` on ``x``."""
     device = next(model.parameters()).device
     parts = []

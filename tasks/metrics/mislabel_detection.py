@@ -191,7 +191,7 @@ class MislabelDetection(Metric):
 
         metric = MislabelingDetectionMetric(
             model=ctx.model,
-            train_dataset=LabelledTensors(train.x, train.y),
+            train_dataset=LabelledTensors(train.inputs, train.y),
             mislabeling_indices=torch.nonzero(flipped).flatten().tolist(),
             precomputed_self_influence=encoded,
         )

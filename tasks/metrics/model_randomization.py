@@ -130,7 +130,8 @@ class ModelRandomization(Metric):
             device = metric.device
             metric.update(
                 explanations=explanations.float().to(device),
-                test_data=ctx.data.test.x.to(device),
+                # _Refit reads only how many test points there are: n_test empty rows, not the inputs
+                test_data=torch.empty(len(ctx.data.test), 0, device=device),
                 test_targets=ctx.targets.to(device),
             )
             value = float(metric.compute()["score"])

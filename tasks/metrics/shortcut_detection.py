@@ -90,7 +90,7 @@ class ShortcutDetection(Metric):
         marked, selected, _ = _selection(ctx, shortcut)
         metric = ShortcutDetectionMetric(
             model=ctx.model,
-            train_dataset=LabelledTensors(ctx.data.train.x, ctx.data.train.y),
+            train_dataset=LabelledTensors(ctx.data.train.inputs, ctx.data.train.y),
             shortcut_indices=torch.nonzero(marked).flatten(),
             shortcut_cls=shortcut,
             filter_by_non_shortcut=False,

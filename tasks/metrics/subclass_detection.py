@@ -105,7 +105,7 @@ class SubclassDetection(Metric):
         train_fine = _fine_labels(ctx.data.train, ctx.data.variant)
         test_fine = _fine_labels(ctx.data.test, ctx.data.variant)
         top_k: int = self.config.top_k  # type: ignore[attr-defined]
-        train = LabelledTensors(ctx.data.train.x, ctx.data.train.y)
+        train = LabelledTensors(ctx.data.train.inputs, ctx.data.train.y)
         metric = SubclassDetectionMetric(
             model=ctx.model, train_dataset=train, train_subclass_labels=train_fine, s=top_k
         )

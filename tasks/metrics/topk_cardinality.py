@@ -66,7 +66,7 @@ class TopKCardinality(Metric):
 
         k = min(self.config.top_k, len(ctx.data.train))  # type: ignore[attr-defined]
         metric = TopKCardinalityMetric(
-            model=ctx.model, train_dataset=LabelledTensors(ctx.data.train.x, ctx.data.train.y), top_k=k
+            model=ctx.model, train_dataset=LabelledTensors(ctx.data.train.inputs, ctx.data.train.y), top_k=k
         )
         return QuandaStream(
             metric, lambda rows, chunk: {"explanations": chunk}, kept=f"top-{k} indices per test point"

@@ -65,8 +65,8 @@ def mnist_features() -> dict[str, Any]:
     features, _ = feature_split(model)
     with torch.no_grad():
         phi_train = torch.cat([features(b) for b, _ in data.train.batches(1024)])
-        phi_test = features(data.test.x)
-        targets = model(data.test.x).argmax(dim=1)
+        phi_test = features(data.test.materialise())
+        targets = model(data.test.materialise()).argmax(dim=1)
     return {
         "model": model,
         "train": data.train,

@@ -32,7 +32,7 @@ def mnist_tiny(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     with torch.no_grad():
-        targets = model(data.test.x).argmax(dim=1)
+        targets = model(data.test.materialise()).argmax(dim=1)
     return data, model, targets, cache
 
 
@@ -44,7 +44,9 @@ def test_explain(benchmark, name: str, mnist_tiny) -> None:
     method.fit(model, data.train, cache=cache.scope("methods", name))
     benchmark.group = "explain"
     benchmark.extra_info.update(n_train=N_TRAIN, n_test=N_TEST, preset="quick")
-    out = benchmark.pedantic(method.explain, args=(data.test.x, targets), rounds=3, warmup_rounds=1)
+    out = benchmark.pedantic(
+        method.explain, args=(data.test.materialise(), targets), rounds=3, warmup_rounds=1
+    )
     assert out.shape == (N_TEST, N_TRAIN)
 
 
@@ -68,17 +70,17 @@ def test_dualda_fit_and_explain(benchmark, C: float, mnist_features, tmp_path: P
     data, model = mnist_features
     method = DualDA(DualDAConfig(C=C))
     method.fit(model, data.train, cache=Cache(tmp_path))
-    features = model.features(data.train.x).detach().double().numpy()
+    features = model.features(data.train.materialise()).detach().double().numpy()
     labels = data.train.y.numpy()
     benchmark.group = "dualda"
     benchmark.extra_info.update(n_train=len(labels), C=C)
     benchmark.pedantic(solve_cs_dual, args=(features, labels), kwargs={"C": C}, rounds=3, warmup_rounds=1)
     with torch.no_grad():
-        targets = model(data.test.x).argmax(dim=1)
+        targets = model(data.test.materialise()).argmax(dim=1)
     import time
 
     start = time.perf_counter()
-    method.explain(data.test.x, targets)
+    method.explain(data.test.materialise(), targets)
     benchmark.extra_info["explain_s"] = time.perf_counter() - start
 
 

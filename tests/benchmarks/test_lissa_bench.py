@@ -25,7 +25,7 @@ ROUNDS = 3
 
 def test_lissa_cached_features_vs_recomputed(benchmark, report_ratio, mnist_small_setup, tmp_path) -> None:
     _, data, model = mnist_small_setup
-    x = data.test.x[:32]
+    x = data.test.inputs[:32]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     method = LiSSA(LiSSAConfig(depth=50, repeats=1, hvp_batch_size=32))
