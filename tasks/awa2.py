@@ -48,9 +48,9 @@ Loading copies no split: each split is decoded straight into its own tensor, the
 its watermark into it and the fixed order permutes the training images in place. Peak RSS of a
 fresh process that loads the task, measured with ``python -m harness.load_memory`` on a fake AwA2 in
 the official layout (JPEGs of 1,000 x 700 px): 1.1 GiB for 4,000 images and 2.8 GiB for 16,000,
-0.146-0.149 MiB per image above the 0.5 GiB of the imports, so about 6.0 GiB for all 37,322 (std and
+0.146-0.149 MiB per image above the 0.5 GiB of the imports, so 5.8-6.0 GiB for all 37,322 (std and
 mark alike; the training split's fingerprint, which the harness computes next, streams 16 MiB
-batches and adds about 50 MiB). The float32 splits of commit 328fa84 peaked at 7.1 GiB for 4,000
+batches and adds 30-85 MiB). The float32 splits of commit 328fa84 peaked at 6.9 GiB for 4,000
 images, 1.64 MiB per image: about 60 GiB at full size. ``--n-train N`` below the full size copies its
 N training images out of the decoded ones, so the peak is then the full training split plus those N
 images. A batch is normalised on the CPU where it is read (about 9 ms of one core here for 32 images
