@@ -229,12 +229,6 @@ class Split:
         return Inputs(self.stored, self.normaliser)
 
     @property
-    def x(self) -> Any:
-        """Transitional alias of :attr:`inputs` (the lazy view, never a tensor) for code that has not
-        moved to :attr:`inputs` yet (harness/runner.py); it will be removed."""
-        return self.inputs
-
-    @property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one input."""
         return tuple(self.stored.shape[1:])
@@ -333,11 +327,14 @@ def feature_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return features, classifier
 
 
-def penultimate_features(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
+def penultimate_features(
+    model: nn.Module, x: Tensor | Inputs, batch_size: int, device: torch.device
+) -> Tensor:
     """``phi(x)``: ``(n, d)`` float32 outputs of ``model.features`` (flattened), on ``device``.
 
     Batched, no grad, the model in eval mode (its mode is restored after). ``x`` is
-    ``(n, *input_shape)`` on any device. For methods that work on penultimate features.
+    ``(n, *input_shape)`` on any device, or a split's :class:`Inputs` (``train.inputs``: read a
+    batch at a time, never whole). For methods that work on penultimate features.
     """
     import torch
 
@@ -824,7 +821,7 @@ class MetricContext:
     ``retrain`` retrains models on subsets of the training set (None where the harness offers
     none); ``explain_with`` fits a fresh instance of the run's method, with the run's config, on
     another model (same training data) and returns its ``(n_test, n_train)`` explanations of
-    ``data.test.x`` for ``targets`` (model randomization).
+    ``data.test.inputs`` for ``targets`` (model randomization).
     """
 
     data: TaskData

@@ -40,6 +40,7 @@ from harness.model_store import (
 from harness.protocols import (
     CapabilityError,
     DataError,
+    Inputs,
     Method,
     Metric,
     MetricContext,
@@ -69,8 +70,12 @@ def method_label(method: Method) -> str:
     return f"{method.name}(" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
 
 
-def explain_all(method: Method, x: Tensor, targets: Tensor, batch_size: int, device: torch.device) -> Tensor:
+def explain_all(
+    method: Method, x: Tensor | Inputs, targets: Tensor, batch_size: int, device: torch.device
+) -> Tensor:
     """``method.explain`` over ``x`` in batches, on the CPU: the whole ``(n_test, n_train)`` matrix.
+
+    ``x`` is a tensor or a split's :class:`~harness.protocols.Inputs` (read a batch at a time).
 
     For a second fit's explanations that a metric needs whole (model randomization); a run's own
     explanations are streamed (:func:`explain_chunks`).
@@ -102,7 +107,7 @@ class Stopwatch:
 
 def explain_chunks(
     method: Method,
-    x: Tensor,
+    x: Tensor | Inputs,
     targets: Tensor,
     batch_size: int,
     device: torch.device,
@@ -261,7 +266,7 @@ def _run(resolved: ResolvedSpec, record: records.Record) -> None:
             n_test_total,
         )
         data = dataclasses.replace(data, test=data.test.subset(limit))
-    test_x = data.test.x
+    test_x = data.test.inputs  # normalised a batch at a time as it is read, never whole
     targets = predict(model, test_x, spec.timing.batch_size)
     test_accuracy = float((targets == data.test.y).to(torch.float64).mean())
     section = record["task"]
@@ -550,7 +555,7 @@ def _explain_with(
     other.fit(model, data.train, cache=cache)
     device = next(model.parameters()).device
     batch = other.preferred_batch_size() or spec.timing.batch_size
-    return explain_all(other, data.test.x, targets, batch, device)
+    return explain_all(other, data.test.inputs, targets, batch, device)
 
 
 #: How far a metric's value may lie from the mean of its per-point scores (float round-off).
