@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dabench import xda_command
+from harness import load_memory
 from harness.cache import CacheConflictError
 from harness.config import ConfigError, parse_key_values
 from harness.kept_models import KeptModelError, keep_models, restore_models
@@ -308,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("DABENCH_CACHE", "cache"),
         help="default cache (or $DABENCH_CACHE)",
     )
+    p_memory = sub.add_parser(
+        "memory",
+        help="peak memory of loading each dataset at its size, each load in a fresh process",
+        description="Peak RSS of loading each task's data, in fresh processes; MiB per image and the "
+        "estimate at the paper's size (see harness/load_memory.py). CIFAR-10 and AwA2 read --data-root, "
+        "or fakes in their on-disk formats that --fake-data writes.",
+    )
+    load_memory.add_arguments(p_memory)
     xda_command.add_parser(sub)
     return parser
 
@@ -599,6 +608,28 @@ def _print_speedup(report: Any, setting: str) -> None:
         )
 
 
+def _print_extrapolated(report: Any, setting: str) -> None:
+    """The methods that ``speedup_at_scale`` extrapolates to ``setting``'s size, one line each."""
+    frame = report.table("speedup_at_scale").frame
+    if frame.empty:
+        return
+    part = frame[(frame["setting"] == setting) & (frame["how"] == "extrapolated")]
+    if part.empty:
+        return
+    print("  extrapolated from smaller training sets (speedup_at_scale; power laws in n):")
+    measured = report.table("speedup").frame
+    width = _method_width([*part["method"], *measured[measured["setting"] == setting]["method"]])
+    for row in part.itertuples():
+        exponent = _number(row.cache_exponent, ".2f")
+        print(
+            _fit(
+                f"  {_cell(row.method, width)} {_number(row.cache_s):>9} "
+                f"{_number(row.explain_ms_per_point):>13} {_number(row.total_2000_s) + '~':>10} "
+                f"{_number(row.speedup):>9}  from {row.from_sizes}; cache ~ n^{exponent}"
+            )
+        )
+
+
 def _rank_text(value: Any, low: Any, high: Any) -> str:
     text = _number(value)
     if text != "—" and _number(low) != "—":
@@ -702,6 +733,7 @@ def _print_summary(report: Any) -> None:
     for setting in settings:
         print(_fit(f"\n=== {setting} ==="))
         _print_speedup(report, setting)
+        _print_extrapolated(report, setting)
         _print_ranks(report, setting)
         _print_verdicts(report, setting)
     _print_reference(report)
@@ -879,6 +911,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if status or suite else 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    """``dabench memory``: :func:`harness.load_memory.run`; a failed load exits 1 with its error."""
+    try:
+        return load_memory.run(args)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    except load_memory.MeasurementError as err:
+        print(f"dabench: error: {err}", file=sys.stderr)
+        return 1
+
+
 COMMANDS = {
     "list": cmd_list,
     "run": cmd_run,
@@ -888,6 +931,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "compare": cmd_compare,
     "doctor": cmd_doctor,
+    "memory": cmd_memory,
     "xda": xda_command.run,
 }
 

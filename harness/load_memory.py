@@ -224,6 +224,10 @@ def write_fake_awa2(root: Path, n_images: int, size: tuple[int, int] = (1000, 70
 # =============================================================================================
 # Measuring
 # =============================================================================================
+class MeasurementError(RuntimeError):
+    """A child process could not load the data (its stderr's tail is in the message)."""
+
+
 def _child(code: Path, name: str, options: dict[str, Any], load: bool) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(code))
     out = subprocess.run(
@@ -234,7 +238,7 @@ def _child(code: Path, name: str, options: dict[str, Any], load: bool) -> dict[s
         text=True,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"loading {name} with {options} failed:\n{out.stderr[-3000:]}")
+        raise MeasurementError(f"loading {name} with {options} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -284,11 +288,8 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1000x700, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness.load_memory",
-        description="Peak RSS of loading each dataset in a fresh process (see the module docstring).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a measurement, on ``parser`` (this module's own, or ``dabench memory``)."""
     parser.add_argument("--datasets", default="mnist,cifar10,awa2", help="comma-separated names")
     parser.add_argument("--variants", default="std", help="comma-separated variants to load (default: std)")
     parser.add_argument("--data-root", help="folder with cifar-10-batches-py/ and Animals_with_Attributes2/")
@@ -300,20 +301,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=224, help="AwA2 image_size (default 224)")
     parser.add_argument("--code", help="checkout whose code the children run (default: this one)")
     parser.add_argument("--json", help="also write the measurements to this JSON file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.load_memory",
+        description="Peak RSS of loading each dataset in a fresh process (see the module docstring).",
+    )
+    add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurements and print the table; 0 on success."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as err:
+        parser.error(str(err))
+    except MeasurementError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """The measurements that ``args`` (from :func:`add_arguments`) ask for; prints the table.
+
+    Raises ValueError for options that do not make a measurement (an unknown dataset, no data
+    folder for CIFAR-10 or AwA2, a size below one).
+    """
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(datasets) - set(DATASETS))
-    if unknown:
-        build_parser().error(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+    if unknown or not datasets:
+        raise ValueError(f"--datasets: unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+    for name in ("awa2_images", "cifar_images", "image_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     code = Path(args.code or Path(__file__).resolve().parent.parent).resolve()
     root = args.fake_data or args.data_root
     if root is None and set(datasets) - {"mnist"}:
-        build_parser().error("cifar10 and awa2 need --data-root DIR or --fake-data DIR")
+        raise ValueError("cifar10 and awa2 need --data-root DIR or --fake-data DIR")
+    if args.data_root and not args.fake_data and not Path(args.data_root).is_dir():
+        raise ValueError(f"--data-root {args.data_root}: no such folder")
     if args.fake_data:
         root_path = Path(args.fake_data)
         if "cifar10" in datasets:
@@ -326,7 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "awa2": {"data_root": root, "image_size": args.image_size, "pretrained": False},
     }
     if "awa2" in datasets:
-        n_images = sum(1 for _ in Path(str(root), "Animals_with_Attributes2", "JPEGImages").rglob("*.jpg"))
+        images = Path(str(root), "Animals_with_Attributes2", "JPEGImages")
+        n_images = sum(1 for _ in images.rglob("*.jpg"))
+        if n_images == 0:
+            raise ValueError(f"no AwA2 images under {images}")
         options["awa2"]["n_val"] = max(1, math.floor(AWA2_VAL * n_images / AWA2_ALL))
     rows = []
     for dataset in datasets:

@@ -402,3 +402,30 @@ def test_load_memory_measures_each_load_in_a_fresh_process(
     )
     with pytest.raises(SystemExit):
         load_memory.main(["--datasets", "svhn"])
+
+
+@pytest.mark.slow  # two fresh processes import torch and the tasks
+def test_dabench_memory_is_the_same_measurement(
+    fakes: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from dabench.cli import main
+
+    argv = ["memory", "--datasets", "cifar10", "--data-root", str(fakes), "--cifar-n-val", "6"]
+    assert main(argv) == 0
+    assert "| cifar10 | std | 32 px | 90 |" in capsys.readouterr().out
+
+
+def test_dabench_memory_refuses_bad_options_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from dabench.cli import main
+
+    assert main(["memory", "--datasets", "svhn"]) == 2
+    assert "unknown dataset(s) ['svhn']" in capsys.readouterr().err
+    assert main(["memory", "--datasets", "awa2"]) == 2
+    assert "need --data-root DIR or --fake-data DIR" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert main(["memory", "--datasets", "cifar10", "--data-root", str(missing)]) == 2
+    assert f"--data-root {missing}: no such folder" in capsys.readouterr().err
+    assert main(["memory", "--datasets", "mnist", "--awa2-images", "0"]) == 2
+    assert "--awa2-images must be at least 1" in capsys.readouterr().err

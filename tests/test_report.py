@@ -553,3 +553,22 @@ def test_speedup_at_scale_extrapolates_what_it_did_not_measure(results: Path, tm
     assert fit_power_law([10, 100], [2.0, 20.0]) == pytest.approx((math.log(2.0) - math.log(10.0), 1.0))
     with pytest.raises(ValueError, match="two or more distinct sizes"):
         fit_power_law([10, 10], [1.0, 2.0])
+
+
+def test_console_summary_lists_the_extrapolated_methods(
+    results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A method measured only at smaller sizes gets one line under the speed-up table, marked ``~``."""
+    from dabench.cli import WIDTH, _print_summary
+
+    copy_dir = tmp_path / "results"
+    shutil.copytree(results / "records", copy_dir / "records")
+    (removed,) = (copy_dir / "records").glob("syn-lissa-std-0-384*.json")
+    removed.unlink()
+    _print_summary(build_report(copy_dir, tmp_path / "tables", figures=False, html=False))
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("  extrapolated from smaller training sets (speedup_at_scale; power laws in n):")
+    lissa = lines[at + 1].split()
+    assert lissa[:2] == ["LiSSA", "0.5"] and lissa[3].endswith("~")
+    assert "from 48, 96, 192" in lines[at + 1]
+    assert all(len(line) <= WIDTH for line in lines)
