@@ -292,9 +292,11 @@ def _run(resolved: ResolvedSpec, record: records.Record) -> None:
     method_cache = setup.method_cache(method)
     seed_everything(spec.seed)
     misses_before = method_cache.stats.misses
+    log.info("%s: fitting on %d training points", method.name, len(data.train))
     _, fit_first = timed(lambda: method.fit(model, data.train, cache=method_cache))
     # Cold = the cost from scratch: a cache miss, or any fit of a method that keeps no cache.
     was_cold = method_cache.stats.misses > misses_before or "cache" not in method.supports
+    log.info("%s: fitted in %.1f s (%s)", method.name, fit_first.seconds, "cold" if was_cold else "cache hit")
     warm_method = type(method)(method.config)
     seed_everything(spec.seed)
     _, fit_warm = timed(lambda: warm_method.fit(model, data.train, cache=method_cache))
@@ -339,6 +341,14 @@ def _run(resolved: ResolvedSpec, record: records.Record) -> None:
     # Whole explain batches only, so a timed pass amortises per-call costs as the full pass does.
     wanted = spec.timing.timed_points or len(test_x)
     timed_points = min(len(test_x), -(-wanted // batch) * batch)
+    log.info(
+        "%s: explaining %d test points in batches of %d (%d more timed pass(es) over %d)",
+        method.name,
+        len(test_x),
+        batch,
+        spec.timing.repeats - 1,
+        timed_points,
+    )
     with peak_memory() as explain_memory:
         clock = Stopwatch()
         chunks = explain_chunks(method, test_x, targets, batch, device, clock)

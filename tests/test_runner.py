@@ -318,3 +318,19 @@ def test_repeats_after_the_first_pass_time_a_subset(tmp_path: Path, monkeypatch)
     # warm-up call, one full pass over the 24 test points (the explanations), two passes over 10
     assert _Probe.batches == [5] + [5, 5, 5, 5, 4] + [5, 5] * 2
     assert record["metrics"]["class_detection"]["status"] == "ok"  # computed on all 24 points
+
+
+def test_long_phases_say_when_they_start_and_how_the_fit_went(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cold fit of tens of minutes (Arnoldi at 60,000 points) is not silent under ``-v``."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="harness.runner"):
+        run_one(_spec(tmp_path, "feature_similarity"))
+        run_one(_spec(tmp_path, "feature_similarity"))  # the second run finds the fit in the cache
+    lines = [r.getMessage() for r in caplog.records if r.name == "harness.runner"]
+    fits = [line for line in lines if line.startswith("feature_similarity: fitted in")]
+    assert [line.rsplit(" (", 1)[1] for line in fits] == ["cold)", "cache hit)"]
+    assert any(line.startswith("feature_similarity: fitting on ") for line in lines)
+    assert any(line.startswith("feature_similarity: explaining ") for line in lines)
