@@ -616,16 +616,17 @@ def _print_extrapolated(report: Any, setting: str) -> None:
     part = frame[(frame["setting"] == setting) & (frame["how"] == "extrapolated")]
     if part.empty:
         return
-    print("  extrapolated from smaller training sets (speedup_at_scale; power laws in n):")
+    print("  extrapolated from smaller training sets (speedup_at_scale: cache time ~ n^b over sizes):")
     measured = report.table("speedup").frame
     width = _method_width([*part["method"], *measured[measured["setting"] == setting]["method"]])
     for row in part.itertuples():
         exponent = _number(row.cache_exponent, ".2f")
+        sizes = str(row.from_sizes).split(", ")
         print(
             _fit(
                 f"  {_cell(row.method, width)} {_number(row.cache_s):>9} "
                 f"{_number(row.explain_ms_per_point):>13} {_number(row.total_2000_s) + '~':>10} "
-                f"{_number(row.speedup):>9}  from {row.from_sizes}; cache ~ n^{exponent}"
+                f"{_number(row.speedup):>9}  n^{exponent}, {sizes[0]}-{sizes[-1]}"
             )
         )
 
