@@ -235,6 +235,9 @@ def speedup_at_scale_table(runs: Runs) -> Table:
     method label (std variant, means over seeds):
 
     - measured at the target size: ``cache_s`` and ``explain_ms_per_point`` as in ``speedup``;
+      ``how`` says ``measured``, or ``measured, explain extrapolated`` where fewer than the
+      2,000 test points were explained (``n_explained``; the total scales the time per point, as
+      ``speedup`` marks with ``*``);
     - measured only at smaller sizes (at least two): each of the two is extrapolated separately along
       its own power law ``t = exp(a) n^b``, fitted by least squares in log-log over those sizes
       (``cache_exponent``, ``explain_exponent``; ``from_sizes`` lists them); ``how`` says
@@ -252,6 +255,7 @@ def speedup_at_scale_table(runs: Runs) -> Table:
         "paper_name",
         "how",
         "from_sizes",
+        "n_explained",
         "cache_s",
         "cache_exponent",
         "explain_ms_per_point",
@@ -284,6 +288,9 @@ def speedup_at_scale_table(runs: Runs) -> Table:
                 cold = at["fit_cold_s"].dropna()
                 cache_s = float(cold.mean()) if len(cold) else float(at["fit_warm_s"].mean())
                 per_size.append((int(n), cache_s, float(at["explain_s_per_point"].mean())))
+            largest = group[group["n_train"] == per_size[-1][0]]
+            n_explained = int(largest["n_explained"].min())
+            explain_extrapolated = bool(largest["explain_extrapolated"].any() or n_explained < PAPER_N_TEST)
             row = {
                 **setting_columns(top.iloc[0]),
                 "method": method,
@@ -292,10 +299,12 @@ def speedup_at_scale_table(runs: Runs) -> Table:
                 "C": group["C"].iloc[0],
                 "paper_name": group["paper_name"].iloc[0],
                 "from_sizes": ", ".join(f"{n:,}" for n, _, _ in per_size),
+                "n_explained": n_explained,
             }
             if per_size[-1][0] == target:
                 _, cache_s, per_point_s = per_size[-1]
-                row.update(how="measured", cache_exponent=math.nan, explain_exponent=math.nan)
+                how = "measured, explain extrapolated" if explain_extrapolated else "measured"
+                row.update(how=how, cache_exponent=math.nan, explain_exponent=math.nan)
                 row["from_sizes"] = f"{target:,}"
             elif len(per_size) >= MIN_SIZES_TO_EXTRAPOLATE:
                 sizes = [n for n, _, _ in per_size]

@@ -544,7 +544,9 @@ def test_speedup_at_scale_extrapolates_what_it_did_not_measure(results: Path, tm
     assert lissa["explain_exponent"] == pytest.approx(1.0) and lissa["cache_exponent"] == pytest.approx(0.0)
     assert lissa["explain_ms_per_point"] == pytest.approx(1e3 * 0.02 * 384 / 48)
     assert lissa["cache_s"] == pytest.approx(0.5)
-    assert (dualda["how"], dualda["from_sizes"]) == ("measured", "384")
+    # measured at 384 training points, but on 24 test points: the 2,000-point total scales them
+    assert (dualda["how"], dualda["from_sizes"]) == ("measured, explain extrapolated", "384")
+    assert dualda["n_explained"] == 24 and lissa["n_explained"] == 24
     assert dualda["total_2000_s"] == pytest.approx(2.0 + 2000 * 1e-3 * math.sqrt(384 / 48))
     assert lissa["speedup"] == pytest.approx(lissa["total_2000_s"] / dualda["total_2000_s"])
     assert set(table.frame["n_train"]) == {384}
