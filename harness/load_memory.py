@@ -334,7 +334,8 @@ def run(args: argparse.Namespace) -> int:
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(datasets) - set(DATASETS))
     if unknown or not datasets:
-        raise ValueError(f"--datasets: unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+        named = f"unknown dataset(s) {unknown}" if unknown else "no dataset named"
+        raise ValueError(f"--datasets: {named}; choose from {list(DATASETS)}")
     for name in ("awa2_images", "cifar_images", "image_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")

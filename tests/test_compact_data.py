@@ -422,6 +422,8 @@ def test_dabench_memory_refuses_bad_options_in_one_line(
 
     assert main(["memory", "--datasets", "svhn"]) == 2
     assert "unknown dataset(s) ['svhn']" in capsys.readouterr().err
+    assert main(["memory", "--datasets", ","]) == 2
+    assert "--datasets: no dataset named; choose from" in capsys.readouterr().err
     assert main(["memory", "--datasets", "awa2"]) == 2
     assert "need --data-root DIR or --fake-data DIR" in capsys.readouterr().err
     missing = tmp_path / "nowhere"
